@@ -1,0 +1,164 @@
+"""`linear_mish`, mish(x @ kernel + bias), and `MishLinear`, its Flax NNX layer."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.nnx.nn import dtypes
+from flax.nnx.nn.linear import default_bias_init, default_kernel_init
+from flax.typing import Dtype, Initializer
+from jax import Array
+from jax.typing import ArrayLike
+
+from mish_jax._src.activations import mish
+from mish_jax._src.dispatch import resolve_implementation
+
+
+def _check_operands(x: Array, kernel: Array, bias: Array | None) -> None:
+  """Raises a TypeError or ValueError, naming the culprit, for operands a dense layer rejects."""
+  named = {"x": x, "kernel": kernel} | ({} if bias is None else {"bias": bias})
+  for name, a in named.items():
+    if jnp.issubdtype(a.dtype, jnp.complexfloating):
+      raise TypeError(f"linear_mish is defined for real inputs only, got {name} of dtype {a.dtype}")
+  if kernel.ndim != 2:
+    raise ValueError(f"kernel must have shape (in_features, out_features), got {kernel.shape}")
+  if x.ndim < 1:
+    raise ValueError("x must have at least one dimension, (..., in_features), got a scalar")
+  if x.shape[-1] != kernel.shape[0]:
+    raise ValueError(
+        f"x's last dimension ({x.shape[-1]}) must equal kernel's in_features "
+        f"({kernel.shape[0]}): got x {x.shape} and kernel {kernel.shape}"
+    )
+  if bias is not None and bias.shape != (kernel.shape[1],):
+    raise ValueError(
+        f"bias must have shape (out_features,) = ({kernel.shape[1]},), got {bias.shape}"
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("implementation",))
+def linear_mish(
+    x: ArrayLike,
+    kernel: ArrayLike,
+    bias: ArrayLike | None = None,
+    *,
+    implementation: str | None = None,
+) -> Array:
+  """A dense layer followed by Mish: `mish(x @ kernel + bias)`.
+
+  Args:
+    x: `(..., in_features)` input.
+    kernel: `(in_features, out_features)` weight.
+    bias: `(out_features,)` bias, or None for none.
+    implementation: `None` (the fastest for the backend), `"xla"` (`mish_jax.mish` of XLA's
+      matmul) or `"pallas"` (one fused Pallas kernel, float32 accumulation, Mish in the epilogue;
+      interpreted on backends where Pallas does not compile, such as CPU).
+
+  Returns:
+    The `(..., out_features)` activations, in `jnp.result_type(x, kernel, bias)`; integer inputs
+    promote to the default float dtype.
+
+  Raises:
+    TypeError: for complex operands, or dtypes the Pallas kernel lacks (e.g. float64).
+    ValueError: for mismatched shapes or an unknown implementation.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import mish_jax
+    >>> mish_jax.linear_mish(jnp.ones((2, 3)), jnp.eye(3), jnp.zeros(3))
+    Array([[0.86509836, 0.86509836, 0.86509836],
+           [0.86509836, 0.86509836, 0.86509836]], dtype=float32)
+  """
+  implementation, interpret = resolve_implementation(implementation)
+  x, kernel = jnp.asarray(x), jnp.asarray(kernel)
+  bias = None if bias is None else jnp.asarray(bias)
+  _check_operands(x, kernel, bias)
+  operands = (x, kernel) if bias is None else (x, kernel, bias)
+  # As in `jax.nn`, integers and bools compute in the default float dtype.
+  dtype = jnp.result_type(*operands, 1.0)
+  x, kernel = x.astype(dtype), kernel.astype(dtype)
+  bias = None if bias is None else bias.astype(dtype)
+  if implementation == "pallas":
+    from mish_jax.kernels import linear_mish as linear_mish_kernels  # Lazy: imports Pallas.
+
+    return linear_mish_kernels.linear_mish(x, kernel, bias, interpret=interpret)
+  z = jnp.matmul(x, kernel)
+  return mish(z if bias is None else z + bias, implementation="xla")
+
+
+class MishLinear(nnx.Module):
+  """`nnx.Linear` followed by Mish, fused into one kernel with `implementation="pallas"`.
+
+  A drop-in for `nnx.Linear` + `mish_jax.mish`: same arguments, initializers and parameter names
+  (`kernel`, `bias`), so `nnx.update(mish_linear, nnx.state(linear))` copies the weights across,
+  and the same random stream, so both draw the same initial weights from the same `rngs`.
+
+  Example:
+    >>> from flax import nnx
+    >>> import jax.numpy as jnp
+    >>> import mish_jax
+    >>> layer = mish_jax.MishLinear(3, 4, rngs=nnx.Rngs(0))
+    >>> layer(jnp.ones((2, 3))).shape
+    (2, 4)
+  """
+
+  def __init__(
+      self,
+      in_features: int,
+      out_features: int,
+      *,
+      use_bias: bool = True,
+      dtype: Dtype | None = None,
+      param_dtype: Dtype = jnp.float32,
+      kernel_init: Initializer = default_kernel_init,
+      bias_init: Initializer = default_bias_init,
+      rngs: nnx.Rngs,
+      implementation: str | None = None,
+  ):
+    """Creates the parameters.
+
+    Args:
+      in_features: the size of the inputs' last dimension.
+      out_features: the size of the outputs' last dimension.
+      use_bias: whether to add a bias.
+      dtype: the dtype of the computation; None promotes the inputs and parameters.
+      param_dtype: the dtype of the parameters.
+      kernel_init: the kernel initializer, `nnx.Linear`'s by default (LeCun normal).
+      bias_init: the bias initializer, zeros by default.
+      rngs: the random streams; the parameters draw from `rngs.params`.
+      implementation: `None`, `"xla"` or `"pallas"`, as in `linear_mish`.
+
+    Raises:
+      ValueError: for an unknown implementation.
+    """
+    resolve_implementation(implementation)  # Fails here rather than at the first call.
+    self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features), param_dtype))
+    self.bias: nnx.Param[Array] | None
+    if use_bias:
+      self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype))
+    else:
+      self.bias = nnx.data(None)
+    self.in_features = in_features
+    self.out_features = out_features
+    self.use_bias = use_bias
+    self.dtype = dtype
+    self.param_dtype = param_dtype
+    self.implementation = implementation
+
+  def __call__(self, inputs: ArrayLike) -> Array:
+    """Returns `mish(inputs @ kernel + bias)` over the inputs' last dimension.
+
+    Args:
+      inputs: `(..., in_features)` array.
+
+    Returns:
+      The `(..., out_features)` activations.
+    """
+    kernel = self.kernel[...]
+    bias = self.bias[...] if self.bias is not None else None
+    inputs, kernel, bias = dtypes.promote_dtype(
+        (jnp.asarray(inputs), kernel, bias), dtype=self.dtype
+    )
+    return linear_mish(inputs, kernel, bias, implementation=self.implementation)
