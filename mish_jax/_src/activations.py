@@ -1,0 +1,290 @@
+"""Mish and the activations it is compared with, and the registry that names them."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import Array, lax
+from jax.typing import ArrayLike
+
+from mish_jax._src.dispatch import resolve_implementation
+
+# Past `_HIGH[dtype]`, tanh(softplus(x)) rounds to 1 and 4x e^{-2x}, the derivative's correction,
+# is below half an ulp of 1; below `_LOW[dtype]`, e^x underflows to 0. Clipping to [low, high]
+# keeps every intermediate finite, so `jnp.where` never meets an inf or NaN, in value or in any
+# derivative.
+_HIGH = {jnp.dtype(jnp.float32): 20.0, jnp.dtype(jnp.float64): 40.0}
+_LOW = {jnp.dtype(jnp.float32): -150.0, jnp.dtype(jnp.float64): -800.0}
+
+
+def _as_inexact(x: ArrayLike, name: str) -> Array:
+  """Returns `x` as a real floating array; integers and bools promote as in `jax.nn`."""
+  x = jnp.asarray(x)
+  if jnp.issubdtype(x.dtype, jnp.complexfloating):
+    raise TypeError(f"{name} is defined for real inputs only, got dtype {x.dtype}")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    x = x.astype(jnp.result_type(x, 1.0))
+  return x
+
+
+def _compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
+  """float16/bfloat16 are computed in float32; float32 and float64 in themselves."""
+  return jnp.dtype(jnp.float64) if dtype == jnp.float64 else jnp.dtype(jnp.float32)
+
+
+def _tanh_softplus_parts(x: Array) -> tuple[Array, Array, Array]:
+  """Returns `(x_c, t, n)`: x clipped, t = e^x_c, n = t (t + 2); tanh(softplus(x)) = n / (n + 2).
+
+  One exp per element: tanh(log(1 + t)) = ((1 + t)^2 - 1) / ((1 + t)^2 + 1).
+  """
+  # min/max rather than jnp.clip: XLA's CPU clamp is measurably slower here.
+  x_c = jnp.maximum(jnp.minimum(x, _HIGH[x.dtype]), _LOW[x.dtype])
+  t = jnp.exp(x_c)
+  return x_c, t, t * (t + 2)
+
+
+def _mish_xla(x: Array) -> Array:
+  """Mish in `x.dtype` (float32 or float64)."""
+  x_c, _, n = _tanh_softplus_parts(x)
+  return jnp.where(x > _HIGH[x.dtype], x, x_c * (n / (n + 2)))
+
+
+def _mish_bfloat16(x: Array) -> Array:
+  """Mish for bfloat16, correctly rounded for every input, subnormals included.
+
+  bfloat16 shares float32's exponent range, and CPUs flush float32 subnormals to zero in and out of
+  arithmetic. Below x = -80, where e^x is subnormal, mish(x) = x e^x to float32 precision and is
+  computed in the log domain; results below 2^-126 are built as integers in units of 2^-133, the
+  smallest bfloat16 subnormal.
+  """
+  bits = lax.bitcast_convert_type(x, jnp.uint16)
+  x32 = x.astype(jnp.float32)
+  x_far = jnp.maximum(jnp.minimum(x32, -1.0), -150.0)
+  log_abs_far = x_far + jnp.log(-x_far)
+  y = jnp.where(x32 < -80, -jnp.exp(log_abs_far), _mish_xla(x32))
+  is_subnormal_x = (bits & 0x7F80) == 0
+  # Near 0, |mish(x)| = 0.6 |x|, with |x| in units of 2^-133 read off the bits (exact for
+  # |x| < 2^-125, the only place it is used); x subnormal itself reads as 0 in arithmetic.
+  y_units = jnp.where(
+    x32 < -1, jnp.exp(log_abs_far + 133 * math.log(2)), 0.6 * (bits & 0x7FFF).astype(jnp.float32)
+  )
+  y_small = lax.bitcast_convert_type(
+    (bits & 0x8000) | jnp.rint(y_units).astype(jnp.uint16), jnp.bfloat16
+  )
+  return jnp.where(is_subnormal_x | (jnp.abs(y) < 2.0**-126), y_small, y.astype(jnp.bfloat16))
+
+
+@functools.partial(jax.jit, static_argnames=("implementation",))
+def mish(x: ArrayLike, implementation: str | None = None) -> Array:
+  r"""Mish activation function.
+
+  Computes the element-wise function
+
+  .. math::
+    \mathrm{mish}(x) = x \cdot \tanh(\mathrm{softplus}(x))
+      = x \cdot \frac{n}{n + 2}, \qquad n = e^x (e^x + 2)
+
+  with a single exponential per element and no overflow for any input. Unlike `jax.nn.mish`,
+  its derivative is a custom rule, exact at the limits (mish'(+inf) = 1, mish'(-inf) = 0) and
+  itself differentiable, so `jax.hessian` and higher orders work.
+
+  float16 and bfloat16 are computed in float32 and returned in their own dtype; float64 (x64 mode)
+  is computed in float64. Integer inputs promote to the default float dtype, as in `jax.nn`.
+
+  For more information, see Misra, `Mish: A Self Regularized Non-Monotonic Neural Activation
+  Function <https://arxiv.org/abs/1908.08681>`_.
+
+  Args:
+    x: input array.
+    implementation: `None` (the fastest for the backend), `"xla"` (jitted jnp) or `"pallas"` (the
+      Pallas kernels; interpreted on backends where Pallas does not compile, such as CPU).
+
+  Returns:
+    An array of the shape of `x`, in its floating dtype.
+
+  Raises:
+    TypeError: if `x` is complex.
+    ValueError: if `implementation` is not one of the above.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import mish_jax
+    >>> mish_jax.mish(jnp.array([-jnp.inf, -1.0, 0.0, 1.0, jnp.inf]))
+    Array([-0.        , -0.30340147,  0.        ,  0.86509836,         inf],      dtype=float32)
+  """
+  x = _as_inexact(x, "mish")
+  implementation, interpret = resolve_implementation(implementation)
+  if implementation == "pallas":
+    from mish_jax.kernels import mish as mish_kernels  # Lazy: the kernels import Pallas.
+
+    return mish_kernels.mish(x, interpret=interpret)
+  return _mish(x)
+
+
+@jax.custom_jvp
+def _mish(x: Array) -> Array:
+  if x.dtype == jnp.bfloat16:
+    return _mish_bfloat16(x)
+  return _mish_xla(x.astype(_compute_dtype(x.dtype))).astype(x.dtype)
+
+
+# A rule of plain jnp ops rather than autodiff of the clipped forward: exact limits, one exp, and
+# itself differentiable (below), so higher orders work.
+@_mish.defjvp
+def _mish_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
+  (x,), (x_dot,) = primals, tangents
+  compute_dtype = _compute_dtype(x.dtype)
+  y_dot = _mish_grad(x.astype(compute_dtype)) * x_dot.astype(compute_dtype)
+  return _mish(x), y_dot.astype(x.dtype)
+
+
+@jax.jit
+def mish_grad(x: ArrayLike) -> Array:
+  r"""The derivative of Mish, element-wise.
+
+  .. math::
+    \mathrm{mish}'(x) = \frac{n}{n + 2} + \frac{4 x e^x (1 + e^x)}{(n + 2)^2},
+      \qquad n = e^x (e^x + 2)
+
+  It is differentiable to any order, with every derivative finite for finite inputs.
+
+  Args:
+    x: input array.
+
+  Returns:
+    mish'(x), of the shape and floating dtype of `x` (float16/bfloat16 computed in float32).
+
+  Example:
+    >>> import mish_jax
+    >>> mish_jax.mish_grad(0.0)
+    Array(0.6, dtype=float32)
+  """
+  x = _as_inexact(x, "mish_grad")
+  return _mish_grad(x.astype(_compute_dtype(x.dtype))).astype(x.dtype)
+
+
+@jax.custom_jvp
+def _mish_grad(x: Array) -> Array:
+  x_c, t, n = _tanh_softplus_parts(x)
+  d = n + 2
+  # One division, over d^2 (at most e^80 after the clip, finite in float32); a shared reciprocal
+  # would split XLA's loop fusion in two on CPU.
+  slope = (n * d + 4 * x_c * (t * (1 + t))) / (d * d)
+  return jnp.where(x > _HIGH[x.dtype], jnp.ones_like(x), slope)
+
+
+# Autodiff of the quotient above overflows float32 past x = 11. Instead, with s = tanh(softplus(x)),
+# S = sech^2(softplus(x)) and σ = sigmoid(x): mish' = s + x S σ,
+# mish'' = S σ (2 + x (1 - σ) - 2 x s σ), and s' = S σ, S' = -2 s S σ, σ' = σ (1 - σ) close the set,
+# all bounded, for every order.
+@_mish_grad.defjvp
+def _mish_grad_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
+  (x,), (x_dot,) = primals, tangents
+  x_c = jnp.maximum(jnp.minimum(x, _HIGH[x.dtype]), _LOW[x.dtype])
+  s, sech2, sigmoid = _tanh_softplus(x), _sech2_softplus(x), jax.nn.sigmoid(x)
+  second = sech2 * sigmoid * (2 + x_c * (1 - sigmoid) - 2 * x_c * s * sigmoid)
+  return _mish_grad(x), second * x_dot
+
+
+@jax.custom_jvp
+def _tanh_softplus(x: Array) -> Array:
+  _, _, n = _tanh_softplus_parts(x)
+  return n / (n + 2)
+
+
+@jax.custom_jvp
+def _sech2_softplus(x: Array) -> Array:
+  # sech^2(log(1 + t)) = (2 (1 + t) / (n + 2))^2, with no cancellation as s -> 1.
+  _, t, n = _tanh_softplus_parts(x)
+  return jnp.square(2 * (1 + t) / (n + 2))
+
+
+_tanh_softplus.defjvps(lambda x_dot, _, x: _sech2_softplus(x) * jax.nn.sigmoid(x) * x_dot)
+_sech2_softplus.defjvps(
+  lambda x_dot, sech2, x: -2 * _tanh_softplus(x) * sech2 * jax.nn.sigmoid(x) * x_dot
+)
+
+
+@jax.jit
+def relu(x: ArrayLike) -> Array:
+  r"""Rectified linear unit, :math:`\max(x, 0)`; `jax.nn.relu`, re-exported for the family.
+
+  Example:
+    >>> import mish_jax
+    >>> mish_jax.relu(-1.0)
+    Array(0., dtype=float32, weak_type=True)
+  """
+  return jax.nn.relu(x)
+
+
+@jax.jit
+def swish(x: ArrayLike, beta: ArrayLike = 1.0) -> Array:
+  r"""Swish, :math:`x \cdot \sigma(\beta x)` (Ramachandran et al. 2017); `beta = 1` is SiLU.
+
+  Args:
+    x: input array.
+    beta: the slope inside the sigmoid; a scalar or an array broadcastable to `x`.
+
+  Returns:
+    An array of the shape and floating dtype of `x`.
+
+  Example:
+    >>> import mish_jax
+    >>> mish_jax.swish(1.0)
+    Array(0.7310586, dtype=float32)
+  """
+  x = _as_inexact(x, "swish")
+  return x * jax.nn.sigmoid(jnp.asarray(beta, x.dtype) * x)
+
+
+@functools.partial(jax.jit, static_argnames=("approximate",))
+def gelu(x: ArrayLike, approximate: bool = False) -> Array:
+  r"""Gaussian error linear unit, :math:`x \Phi(x)`; exact (erf) by default, unlike `jax.nn.gelu`.
+
+  Example:
+    >>> import mish_jax
+    >>> mish_jax.gelu(1.0)
+    Array(0.8413447, dtype=float32)
+  """
+  return jax.nn.gelu(x, approximate=approximate)
+
+
+_REGISTRY: dict[str, Callable[..., Array]] = {
+  "relu": relu,
+  "swish": swish,
+  "mish": mish,
+  "gelu": gelu,
+  "jax_mish": jax.nn.mish,  # The reference: plain x * tanh(softplus(x)), autodiff derivative.
+  "mish_pallas": functools.partial(mish, implementation="pallas"),
+}
+ACTIVATIONS: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def get_activation(name: str, **kwargs) -> Callable[[ArrayLike], Array]:
+  """Returns the activation registered under `name`, with `kwargs` bound.
+
+  Args:
+    name: one of `ACTIVATIONS`: "relu", "swish", "mish", "gelu", "jax_mish" (`jax.nn.mish`,
+      the reference) or "mish_pallas".
+    **kwargs: keyword arguments bound to the activation, e.g. `beta=1.5` for Swish-beta.
+
+  Returns:
+    A callable from an array to an array, usable as a Flax activation.
+
+  Raises:
+    ValueError: for an unknown name; the message lists the valid ones.
+
+  Example:
+    >>> import mish_jax
+    >>> swish_beta = mish_jax.get_activation("swish", beta=2.0)
+    >>> swish_beta(1.0)
+    Array(0.880797, dtype=float32)
+  """
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}")
+  activation = _REGISTRY[name]
+  return functools.partial(activation, **kwargs) if kwargs else activation
