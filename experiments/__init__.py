@@ -1,0 +1,1 @@
+"""Experiments of mish-jax: data, training and the Mish vs ReLU vs Swish study."""
