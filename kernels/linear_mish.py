@@ -313,13 +313,13 @@ def _check_blocks(block_m: int, block_n: int, block_k: int, dtype: jnp.dtype, ba
   for name, size in blocks.items():
     if not 0 < size <= 256:
       raise ValueError(f"{name} must be in [1, 256] on Mosaic GPU, got {size}")
-  row_bytes = 32 // jnp.dtype(dtype).itemsize
   if block_m % 64:
     raise ValueError(f"block_m must be a multiple of 64 on Mosaic GPU, got {block_m}")
+  min_elems = 32 // jnp.dtype(dtype).itemsize
   for name in ("block_n", "block_k"):
-    if blocks[name] % row_bytes:
+    if blocks[name] % min_elems:
       raise ValueError(
-          f"{name} must be a multiple of {row_bytes} for {jnp.dtype(dtype)} on Mosaic GPU, "
+          f"{name} must be a multiple of {min_elems} for {jnp.dtype(dtype)} on Mosaic GPU, "
           f"got {blocks[name]}"
       )
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +23,6 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.typing import ArrayLike
 
-Backend = Literal["mosaic_gpu", "triton"]
 BACKENDS: tuple[str, ...] = ("mosaic_gpu", "triton")
 SUPPORTED_DTYPES: tuple[jnp.dtype, ...] = tuple(
     map(jnp.dtype, (jnp.float32, jnp.bfloat16, jnp.float16))
@@ -35,6 +33,9 @@ LANES = 128
 # 32 x 128 elements: 16 KiB of float32 in and 16 KiB out of shared memory per block, so several
 # blocks share an SM and hide each other's memory latency; 32 values per thread stay in registers.
 DEFAULT_BLOCK_SIZE = 4096
+# 128 x 128: TMA copies at most 256 rows, and two float32 inputs and an output (the backward)
+# then take 192 KiB of the 227 KiB of shared memory of an H100 SM.
+MAX_MOSAIC_BLOCK_SIZE = 16384
 
 # Past _HIGH, tanh(softplus(x)) rounds to 1 in float32 and mish(x) = x, mish'(x) = 1. Below _LOW,
 # e^x is 0; clipping there keeps x * e^x finite (0) at x = -inf. Same values as the XLA version.
@@ -61,7 +62,7 @@ def _tanh_softplus_parts(x: Array) -> tuple[Array, Array, Array]:
   """Returns `(x_c, t, n)`: x clipped, t = e^x_c and n = t (t + 2).
 
   tanh(softplus(x)) = tanh(log(1 + t)) = ((1 + t)^2 - 1) / ((1 + t)^2 + 1) = n / (n + 2): one exp
-  per element. Min/max rather than `jnp.clip`, as in the XLA version, so both round alike.
+  per element. The same ops as the XLA version, so that both round alike.
   """
   x_c = jnp.maximum(jnp.minimum(x, _HIGH), _LOW)
   t = jnp.exp(x_c)
@@ -262,7 +263,8 @@ def mish(
 
   Args:
     x: input array.
-    block_size: elements per kernel block, a power of two and at least 128.
+    block_size: elements per kernel block, a power of two, at least 128 and, compiled on Mosaic
+      GPU, at most `MAX_MOSAIC_BLOCK_SIZE`. Interpret mode runs faster with big blocks.
     interpret: run the kernels in Pallas interpret mode (on CPU, for tests).
     backend: the GPU lowering, `"mosaic_gpu"` (JAX's default) or `"triton"`.
 
@@ -278,6 +280,10 @@ def mish(
   check_backend(backend)
   if block_size < LANES or block_size & (block_size - 1):
     raise ValueError(f"block_size must be a power of two >= {LANES}, got {block_size}")
+  if backend == "mosaic_gpu" and not interpret and block_size > MAX_MOSAIC_BLOCK_SIZE:
+    raise ValueError(
+        f"block_size must be at most {MAX_MOSAIC_BLOCK_SIZE} on Mosaic GPU, got {block_size}"
+    )
   return _mish(x, block_size, interpret, backend)
 
 

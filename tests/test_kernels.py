@@ -256,19 +256,17 @@ class LinearMishKernelTestBase:
     return linear_mish_kernels.linear_mish(*args, interpret=self.interpret, **kwargs)
 
   @pytest.mark.parametrize(
-      "backend, dtype",
+      "x_shape, n, backend, dtype",
       [
-          ("mosaic_gpu", jnp.float32),
-          ("mosaic_gpu", jnp.bfloat16),
-          ("triton", jnp.float32),
-          ("triton", jnp.float16),
+          (x_shape, n, backend, dtype)
+          for x_shape, n in [((1, 1), 1), ((5, 7), 3), ((130, 200), 260), ((128, 64), 128),
+                             ((2, 3, 17), 33)]
+          for backend, dtype in [("mosaic_gpu", jnp.float32), ("mosaic_gpu", jnp.bfloat16)]
+      ] + [
+          ((130, 200), 260, "triton", jnp.float32),
+          ((2, 3, 17), 33, "triton", jnp.float16),
       ],
-      ids=lambda v: v if isinstance(v, str) else jnp.dtype(v).name,
-  )
-  @pytest.mark.parametrize(
-      "x_shape, n",
-      [((1, 1), 1), ((5, 7), 3), ((130, 200), 260), ((128, 64), 128), ((2, 3, 17), 33)],
-      ids=str,
+      ids=lambda v: jnp.dtype(v).name if isinstance(v, type) else str(v),
   )
   def test_forward_and_gradients_match_unfused(self, x_shape, n, backend, dtype):
     x, kernel, bias, g = _linear_operands(x_shape, n, dtype)
