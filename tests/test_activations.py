@@ -160,7 +160,9 @@ class TestDerivatives:
 
   def test_check_grads_to_order_4_at_a_small_point(self):
     with jax.enable_x64(True):
-      check_grads(mish_jax.mish, (np.array([0.35]),), order=4, modes=["fwd", "rev"])
+      # One mode at a time: together they also check every mixed order, 6x slower.
+      for mode in ("fwd", "rev"):
+        check_grads(mish_jax.mish, (np.array([0.35]),), order=4, modes=[mode])
 
   def test_hessian_matches_finite_differences_of_the_gradient(self):
     x = np.linspace(-8, 8, 33)
