@@ -4,8 +4,8 @@ The forward is `y = f(x, w, b)`; the forward+backward, as in training, is `y` an
 gradients `(dx, dw, db)` of a given cotangent `g` (`jax.vjp`).
 
 The roofline of a case is min(peak matmul rate, bandwidth x arithmetic intensity), with the peak
-rate measured by a large plain square matmul of the same dtype and the bandwidth by a copy, both
-timed in the same interleaved rounds as the case, so the machine's drift hits them alike. FLOPs
+rate the faster of two large plain square matmuls of the same dtype and the bandwidth a copy's,
+all timed in the same interleaved rounds as the case, so the machine's drift hits them alike. FLOPs
 count the matmuls only (2MNK forward, 6MNK forward+backward); bytes are the compulsory traffic,
 each input read once and each output written once, which no implementation can beat:
 
@@ -116,7 +116,8 @@ class Fused:
     shapes: (M, K, N) of each case: x is (M, K), w (K, N), b (N,).
     dtypes: the dtypes.
     budget: the timing budget of each case.
-    peak_size: the side of the square matmul that measures the peak rate.
+    peak_sizes: the sides of the square matmuls that measure the peak rate (the faster counts:
+      on CPU the largest is not always the fastest per FLOP).
     bandwidth_size: float32 elements of the copy that measures the bandwidth.
     pallas_check_shape: the shape at which an interpreted Pallas kernel is checked (not timed).
     notes: lines for the report about the settings, e.g. a shape cut down for this device.
@@ -127,7 +128,7 @@ class Fused:
     shapes: Sequence[Shape],
     dtypes: Sequence[jnp.dtype],
     budget: timing.Budget,
-    peak_size: int,
+    peak_sizes: Sequence[int],
     bandwidth_size: int,
     pallas_check_shape: Shape,
     notes: Sequence[str] = (),
@@ -135,7 +136,7 @@ class Fused:
     self.shapes = [tuple(shape) for shape in shapes]
     self.dtypes = tuple(map(jnp.dtype, dtypes))
     self.budget = budget
-    self.peak_size = peak_size
+    self.peak_sizes = tuple(peak_sizes)
     self.bandwidth_size = bandwidth_size
     self.pallas_check_shape = tuple(pallas_check_shape)
     self.notes = list(notes)
@@ -159,11 +160,13 @@ class Fused:
       ]
     return cases
 
-  def _baseline_calls(self, dtype: jnp.dtype) -> dict[tuple[str, str], timing.Call]:
-    """The peak-rate matmul of `dtype` and the float32 copies, compiled, with inputs bound."""
-    a = jax.random.normal(jax.random.key(0), (self.peak_size,) * 2, jnp.float32).astype(dtype)
-    compiled, _ = timing.compile_timed(jnp.matmul, a, a)
-    calls = {(PEAK, ""): timing.bind(compiled, a, a)}
+  def _baseline_calls(self, dtype: jnp.dtype) -> dict[tuple[str, Any], timing.Call]:
+    """The peak-rate matmuls of `dtype` and the float32 copies, compiled, with inputs bound."""
+    calls: dict[tuple[str, Any], timing.Call] = {}
+    for size in self.peak_sizes:
+      a = jax.random.normal(jax.random.key(size), (size, size), jnp.float32).astype(dtype)
+      compiled, _ = timing.compile_timed(jnp.matmul, a, a)
+      calls[PEAK, size] = timing.bind(compiled, a, a)
     copies = timing.copy_calls(jnp.ones((self.bandwidth_size,), jnp.float32))
     return calls | {(COPY, variant): call for variant, (call, _) in copies.items()}
 
@@ -184,7 +187,7 @@ class Fused:
       del expected, result, results
       timings = timing.interleaved(calls, self.budget)
 
-      peak = 2 * self.peak_size**3 / timings[PEAK, ""].median_s
+      peak = max(2 * size**3 / timings[PEAK, size].median_s for size in self.peak_sizes)
       copy_s = min(t.median_s for (name, _), t in timings.items() if name == COPY)
       bandwidth = timing.stream_bytes(self.bandwidth_size, jnp.float32) / copy_s
       self.baselines.append(
@@ -253,7 +256,7 @@ class Fused:
       "2MNK forward, 6MNK forward+backward; bytes, compulsory: (MK + KN + N + MN) forward, "
       "2 (MK + KN + N + MN) forward+backward, times the itemsize; roofline = min(peak matmul "
       "rate, bandwidth x FLOPs / bytes), both measured in the case's own rounds",
-      "peak_matmul_size": self.peak_size,
+      "peak_matmul_sizes": list(self.peak_sizes),
       "bandwidth_copy_size": self.bandwidth_size,
       "baselines": self.baselines,
       "pallas": {

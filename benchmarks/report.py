@@ -424,9 +424,11 @@ def _fused_section(data: Mapping[str, Any], plot: str | None) -> list[str]:
     (_shape(b["shape"]), b["dtype"], _num(b["peak_tflops"], 3), _num(b["bandwidth_gb_per_s"], 3))
     for b in data["baselines"]
   ]
+  peaks = " and ".join(f"{n}^3" for n in data["peak_matmul_sizes"])
   lines += [
-    f"Baselines per case: a {data['peak_matmul_size']}^3 matmul of the case's dtype (peak rate) "
-    f"and a copy of {data['bandwidth_copy_size']:,} float32 (bandwidth), in the case's rounds:",
+    f"Baselines, timed in each case's rounds: the peak rate is the faster of {peaks} matmuls of "
+    f"the case's dtype, the bandwidth a copy of {data['bandwidth_copy_size']:,} float32. Above "
+    "100% of the roofline, a case ran faster than those baselines did.",
     "",
     markdown_table(("case", "dtype", "peak TFLOP/s", "bandwidth GB/s"), baselines),
     "",

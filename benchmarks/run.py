@@ -65,7 +65,7 @@ def build_sections(quick: bool, names: Sequence[str]) -> dict[str, Any]:
     sections = {
       "elementwise": lambda: elementwise.Elementwise((2**10, 2**12), DTYPES, budget, 1024, 1024),
       "fused": lambda: fused.Fused(
-        [(heavy_m, 64, 128)], DTYPES, budget, 128, 2**16, (128, 64, 128), notes
+        [(heavy_m, 64, 128)], DTYPES, budget, (128,), 2**16, (128, 64, 128), notes
       ),
       # One conv block and no dropout: the RNG of dropout triples the compile time.
       "training": lambda: training_cost.TrainingCost(
@@ -94,13 +94,13 @@ def build_sections(quick: bool, names: Sequence[str]) -> dict[str, Any]:
         shapes,
         DTYPES,
         timing.Budget(0.3, 5, 100),
-        2048 if cpu else 8192,
+        (1024, 2048) if cpu else (4096, 8192),
         2**24 if cpu else 2**28,
         (256, 128, 256),
         notes,
       ),
-      "training": lambda: training_cost.TrainingCost(128, timing.Budget(1.0, 15, 200), {}),
-      "memory": lambda: memory.Memory(16, 1024, 4096, timing.Budget(1.0, 3, 20)),
+      "training": lambda: training_cost.TrainingCost(128, timing.Budget(2.0, 30, 200), {}),
+      "memory": lambda: memory.Memory(16, 1024, 4096, timing.Budget(1.0, 5, 20)),
     }
   return {name: sections[name]() for name in names}
 
