@@ -9,12 +9,12 @@ reference code's scikit-learn MinMaxScaler scales each column on its own).
 
 Two numbers per image, with pixel differences taken in units of the image side:
 
-* mean gradient magnitude, mean |grad z|: how much the output varies (a plane rising from 0 to 1
-  across the image scores 1), whether smoothly or not;
-* mean |Laplacian|, mean |z(i+1,j) + z(i-1,j) + z(i,j+1) + z(i,j-1) - 4 z(i,j)| * (n - 1)^2: how
-  sharply it bends. The kinks of a piecewise-linear (ReLU) surface concentrate it, and it grows
-  with the grid's resolution there, while a smooth surface's stays bounded. This is the sharpness
-  the claim is about, so the verdict uses it.
+* variation, the mean gradient magnitude |grad z|: how much the output varies (a plane rising
+  from 0 to 1 across the image scores 1), whether smoothly or not;
+* sharpness, the mean abs Laplacian |z(i+1,j) + z(i-1,j) + z(i,j+1) + z(i,j-1) - 4 z(i,j)| *
+  (n - 1)^2: how sharply it bends. The kinks of a piecewise-linear (ReLU) surface concentrate it,
+  and it grows with the grid's resolution there, while a smooth surface's stays bounded. This is
+  the sharpness the claim is about, so the verdict uses it.
 
 An output that is constant over the grid (a ReLU output layer that is negative everywhere) has no
 image; such seeds are counted and left out of the means.
@@ -52,9 +52,11 @@ CLAIM = (
 )
 PUBLISHED = {"figure": "qualitative only: the paper shows the three images and gives no numbers"}
 METRICS = {
-  "mean_abs_laplacian": "mean |Laplacian| (sharpness)",
-  "mean_gradient": "mean |gradient| (variation)",
+  # Labels without "|": they go into Markdown tables.
+  "mean_abs_laplacian": "sharpness: mean abs Laplacian",
+  "mean_gradient": "variation: mean gradient magnitude",
 }
+SHOWN = 3  # seeds drawn in landscapes.png
 FIGURES = {
   "landscapes.png": "The min-max scaled output images, one column per activation, one row per "
   "seed (the same weights across a row)",
@@ -156,7 +158,8 @@ def run(
 ) -> dict[str, Any]:
   """Draws every (seed, activation) landscape; writes results.json, report.md and the figures.
 
-  It takes seconds, so a resumed run simply redoes it (after checking the protocol).
+  It takes a few minutes at most; a resumed run keeps the stored numbers and redraws only the
+  images it shows.
 
   Args:
     protocol: what to run.
@@ -176,34 +179,39 @@ def run(
   del dataset, log
   out.mkdir(parents=True, exist_ok=True)
   expected = {"protocol": protocol.to_json(), "activations": list(activations)}
-  if resume:
-    paper.check_resume(out / "results.json", expected)
-  runs, shown = [], []
+  stored = paper.check_resume(out / "results.json", expected) if resume else None
+  runs = stored["runs"] if stored else []
+  done = {(r["activation"], r["seed"]) for r in runs}
+  shown = []
   bar = paper.progress_bar(protocol.seeds * len(activations), NAME, progress)
   for seed in range(protocol.seeds):
     images = {}
     for activation in activations:
-      raw = landscape(activation, seed, protocol)
-      image = min_max(raw)
-      images[activation] = image
-      runs.append(
-        {
-          "activation": activation,
-          "seed": seed,
-          "constant": image is None,
-          "raw_min": float(raw.min()),
-          "raw_max": float(raw.max()),
-          **({} if image is None else roughness(image)),
-        }
-      )
       bar.update()
-    if len(shown) < 3:
+      if (activation, seed) in done and seed >= SHOWN:
+        continue
+      raw = landscape(activation, seed, protocol)
+      images[activation] = image = min_max(raw)
+      if (activation, seed) not in done:
+        runs.append(
+          {
+            "activation": activation,
+            "seed": seed,
+            "constant": image is None,
+            "raw_min": float(raw.min()),
+            "raw_max": float(raw.max()),
+            **({} if image is None else roughness(image)),
+          }
+        )
+    if seed < SHOWN:
       shown.append((seed, images))
   bar.close()
   results: dict[str, Any] = {
     "experiment": NAME,
     **expected,
-    "metadata": training.environment(["experiments/landscape.py"], protocol.to_json()),
+    "metadata": stored["metadata"]
+    if stored
+    else training.environment(["experiments/landscape.py"], protocol.to_json()),
     "published": PUBLISHED,
     "metrics": METRICS,
     "runs": runs,
@@ -291,12 +299,12 @@ def claim(results: Mapping[str, Any]) -> dict[str, Any]:
     return f"{entry['mean']:.2f}{std}"
 
   sentence = (
-    "Mean |Laplacian| (sharpness) of the scaled image: "
+    "Sharpness (mean abs Laplacian of the scaled image): "
     + ", ".join(f"{a} {value(a, 'mean_abs_laplacian')}" for a in activations)
     + f"; relu is sharper than mish in {test['a_higher']} of {test['pairs']} paired seeds "
     f"(paired t-test p = {test['p_value']:.2g}). "
     + (
-      "Mean |gradient| (overall variation): "
+      "Variation (mean gradient magnitude): "
       + ", ".join(f"{a} {value(a, 'mean_gradient')}" for a in activations)
       + (f" (relu vs mish p = {grad['p_value']:.2g})." if grad["p_value"] is not None else ".")
     )
@@ -342,8 +350,8 @@ def section(results: Mapping[str, Any], link_prefix: str = "") -> list[str]:
     ),
     "",
     "Mean ± std over the seeds with a non-constant output. Differences are per image side: "
-    "a plane rising 0 -> 1 across the image has mean |gradient| 1 and Laplacian 0; kinks raise "
-    f"the mean |Laplacian|. Paper: {PUBLISHED['figure']}.",
+    "a plane rising 0 -> 1 across the image has gradient magnitude 1 and Laplacian 0; kinks "
+    f"raise the mean abs Laplacian. Paper: {PUBLISHED['figure']}.",
     "",
     f"Claim: {results['claim']['claim']} Verdict: **{results['claim']['verdict']}**. "
     f"{results['claim']['sentence']}",
@@ -404,8 +412,8 @@ def plot_images(
         ax.imshow(image, origin="lower", cmap="viridis", extent=(0, extent, 0, extent))
         r = metrics[activation, seed]
         title = (
-          f"{activation}, seed {seed}\n|lap| {r['mean_abs_laplacian']:.2f}, "
-          f"|grad| {r['mean_gradient']:.2f}"
+          f"{activation}, seed {seed}\nsharpness {r['mean_abs_laplacian']:.2f}, "
+          f"variation {r['mean_gradient']:.2f}"
         )
       ax.set_title(title, fontsize=9)
       ax.set_xticks([])

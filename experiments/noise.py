@@ -316,7 +316,9 @@ def section(results: Mapping[str, Any], link_prefix: str = "") -> list[str]:
     training.markdown_table(headers, acc_rows),
     "",
     f"Test accuracy (%); ours: mean ± std over {n} seeds (protocol {protocol['name']}); paper: "
-    "its values at sigma 3, 5 and 8 (— elsewhere). Sigma 0 is the clean test set.",
+    "its values at sigma 3, 5 and 8 (— elsewhere). Sigma 0 is the clean test set. The paper "
+    "does not say in which pixel units its sigma is, so its columns may measure other noise "
+    "than ours.",
     "",
     training.markdown_table(["sigma", *activations], loss_rows),
     "",

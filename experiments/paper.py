@@ -291,8 +291,12 @@ def run_all(
     command: the command line, for the report.
 
   Returns:
-    The collated results (also in `out`/results.json).
+    The collated results (also in `out`/results.json). With `resume`, the wall time of each
+    experiment adds up over the sessions.
   """
+  previous = {}
+  if resume and (out / "results.json").exists():
+    previous = json.loads((out / "results.json").read_text())["experiments"]
   collated: dict[str, Any] = {
     "paper": PAPER,
     "command": command,
@@ -311,6 +315,8 @@ def run_all(
       log=log,
     )
     minutes = (datetime.datetime.now() - start).total_seconds() / 60
+    sessions = previous.get(name, {}).get("sessions", 0) + 1
+    minutes += previous.get(name, {}).get("wall_minutes", 0.0)
     log(
       f"{name}: {results['claim']['verdict']} ({minutes:.1f} min). {results['claim']['sentence']}"
     )
@@ -320,6 +326,7 @@ def run_all(
       "published": results["published"],
       "summary": results["summary"],
       "wall_minutes": minutes,
+      "sessions": sessions,
     }
     collated["experiments"][name]["sections"] = _module(name).section(results, f"{name}/")
     write_json(out / "results.json", collated)
@@ -362,11 +369,15 @@ def write_report(collated: Mapping[str, Any], out: Path) -> None:
     "## Timing",
     "",
     training.markdown_table(
-      ["experiment", "protocol", "wall time (min)"],
+      ["experiment", "protocol", "wall time (min)", "sessions"],
       [
-        [name, e["protocol"]["name"], f"{e['wall_minutes']:.1f}"] for name, e in experiments.items()
+        [name, e["protocol"]["name"], f"{e['wall_minutes']:.1f}", e["sessions"]]
+        for name, e in experiments.items()
       ],
     ),
+    "",
+    "Wall time on the machine above, shared with other jobs, summed over the sessions of a "
+    "resumed run.",
     "",
   ]
   (out / "report.md").write_text("\n".join(lines))
