@@ -291,18 +291,26 @@ def run_all(
     command: the command line, for the report.
 
   Returns:
-    The collated results (also in `out`/results.json). With `resume`, the wall time of each
-    experiment adds up over the sessions.
+    The collated results (also in `out`/results.json). With `resume`, the first session's
+    command and environment are kept, the later commands listed under "resumed_with", and the
+    wall time of each experiment adds up over the sessions.
   """
-  previous = {}
-  if resume and (out / "results.json").exists():
-    previous = json.loads((out / "results.json").read_text())["experiments"]
   collated: dict[str, Any] = {
     "paper": PAPER,
     "command": command,
     "metadata": training.environment(shlex.split(command) or ["run_all"], {}),
+    "resumed_with": [],
     "experiments": {},
   }
+  previous = {}
+  if resume and (out / "results.json").exists():
+    first = json.loads((out / "results.json").read_text())
+    previous = first["experiments"]
+    collated.update(
+      command=first["command"],
+      metadata=first["metadata"],
+      resumed_with=[*first.get("resumed_with", []), command],
+    )
   for name, protocol in protocols.items():
     start = datetime.datetime.now()
     results = _module(name).run(
@@ -347,7 +355,9 @@ def write_report(collated: Mapping[str, Any], out: Path) -> None:
     "",
     f"{meta['date']} on {meta['device']} ({meta['cpu_count']} CPU cores), jax "
     f"{meta['versions']['jax']}, flax {meta['versions']['flax']}. Protocol: "
-    f"**{', '.join(protocols)}**. Command: `{collated['command']}`",
+    f"**{', '.join(protocols)}**. Command: `{collated['command']}`"
+    + "".join(f", resumed with `{c}`" for c in collated["resumed_with"])
+    + ".",
     "",
   ]
   if "full" not in protocols:
