@@ -411,6 +411,22 @@ def write_report(results: Mapping[str, Any], out: Path) -> None:
     "",
     *section(results),
     "",
+    "## Time per epoch",
+    "",
+    f"Training seconds per epoch, mean over seeds (compilation excluded; protocol "
+    f"{results['protocol']['name']}, on a machine shared with other jobs).",
+    "",
+    training.markdown_table(
+      ["layers", *results["activations"]],
+      [
+        [
+          d["layers"],
+          *(f"{d['summary'][a]['epoch_time_s']:.1f}" for a in results["activations"]),
+        ]
+        for d in results["depths"]
+      ],
+    ),
+    "",
     "## Every run",
     "",
     f"Protocol {results['protocol']['name']}. Train accuracy is over the last epoch, with "
