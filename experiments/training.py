@@ -36,6 +36,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from scipy import stats
@@ -304,7 +305,9 @@ class Config:
 
   The defaults are the MNIST comparison's (`python experiments/mnist.py`): the pooled Keras-style
   CNN, Adam with linear warmup for half an epoch then cosine decay to 1% of a peak of 3e-3,
-  batch 128, 3 epochs.
+  batch 64, 3 epochs. Batch 64 rather than 128: on a 2-core CPU its step takes a third of batch
+  128's (29 vs 91 ms, the activations fit in cache), so an epoch is 1.6x faster, and the twice as
+  many steps reach higher accuracy in 3 epochs (ReLU: 99.1-99.2% vs 99.0-99.1%).
 
   Attributes:
     activation: a name from `mish_jax.ACTIVATIONS`.
@@ -331,8 +334,8 @@ class Config:
   data_dir: str | None = None
   train_limit: int | None = None
   epochs: int = 3
-  batch_size: int = 128
-  eval_batch_size: int = 1000
+  batch_size: int = 64
+  eval_batch_size: int = 250
   learning_rate: float = 3e-3
   warmup_epochs: float = 0.5
   schedule: str = "warmup_cosine"
@@ -470,6 +473,13 @@ def _global_batch(mesh: Mesh, rows: np.ndarray) -> jax.Array:
   return jax.make_array_from_process_local_data(sharding, rows[start : start + local], rows.shape)
 
 
+def _to_host(x: jax.Array) -> np.ndarray:
+  """A result as numpy, gathered from every host when it spans several."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 @nnx.jit
 def train_step(
   model: nnx.Module, optimizer: nnx.Optimizer, images: jax.Array, labels: jax.Array
@@ -536,11 +546,10 @@ def evaluate(
     batch = [_global_batch(mesh, a) for a in (x, y, mask)]
     loss, cm = eval_step(model, *batch)
     loss_sum, confusion = loss_sum + loss, confusion + cm
-  confusion = np.asarray(jax.device_get(confusion))
   return {
-    "loss": float(loss_sum) / len(labels),
-    **metrics_from_confusion(confusion),
-    "confusion_matrix": confusion.tolist(),
+    "loss": float(_to_host(loss_sum)) / len(labels),
+    **metrics_from_confusion(_to_host(confusion)),
+    "confusion_matrix": _to_host(confusion).tolist(),
   }
 
 
@@ -626,10 +635,20 @@ def train_and_evaluate(
   if steps_per_epoch == 0:
     raise ValueError(f"{len(train_labels)} training examples make no batch of {config.batch_size}")
 
-  model = build_model(config, train_images.shape[1:], dataset.num_classes)
-  optimizer = nnx.Optimizer(model, make_optimizer(config, steps_per_epoch), wrt=nnx.Param)
-  replicated = NamedSharding(mesh, P())
-  nnx.update((model, optimizer), jax.device_put(nnx.state((model, optimizer)), replicated))
+  tx = make_optimizer(config, steps_per_epoch)
+
+  @nnx.jit
+  def create() -> tuple[nnx.Sequential, nnx.Optimizer]:
+    # Made under jit, the state is born replicated over the mesh, on one host or many.
+    model = build_model(config, train_images.shape[1:], dataset.num_classes)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    state = nnx.state((model, optimizer))
+    nnx.update(
+      (model, optimizer), jax.lax.with_sharding_constraint(state, NamedSharding(mesh, P()))
+    )
+    return model, optimizer
+
+  model, optimizer = create()
 
   history: list[dict[str, Any]] = []
   manager = None
@@ -673,8 +692,8 @@ def train_and_evaluate(
         jax.block_until_ready(loss)
         first_step = time.perf_counter() - start, time.process_time() - cpu_start
       if progress and step % 50 == 0:
-        bar.set_postfix(loss=f"{float(loss):.3f}")
-    confusion = np.asarray(jax.device_get(confusion))
+        bar.set_postfix(loss=f"{float(_to_host(loss)):.3f}")
+    confusion = _to_host(confusion)
     epoch_time, cpu_time = time.perf_counter() - start, time.process_time() - cpu_start
     if epoch == first_epoch:
       # The first step traced and compiled train_step (unless jit's cache had it from a run of
@@ -697,7 +716,7 @@ def train_and_evaluate(
     history.append(
       {
         "epoch": epoch + 1,
-        "train_loss": float(loss_sum) / steps_per_epoch,
+        "train_loss": float(_to_host(loss_sum)) / steps_per_epoch,
         "train_accuracy": train["accuracy"],
         "train_macro_f1": train["macro_f1"],
         "test_loss": test["loss"],

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -343,6 +344,50 @@ def test_sharded_training_equals_one_device():
     for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
       assert e8[key] == pytest.approx(e1[key], abs=1e-5), key
   assert "batch_size 36 is not divisible by the 8 devices" in result["error"]
+
+
+_MULTI_HOST_SCRIPT = textwrap.dedent(
+  """
+  import json, sys
+  import jax
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(sys.argv[2], num_processes=2, process_id=int(sys.argv[3]))
+  sys.path.insert(0, sys.argv[1])
+  from experiments import training
+  from tests.test_training import SMALL, synthetic_dataset, _without_times
+
+  assert jax.device_count() == 2 and jax.local_device_count() == 1
+  record = training.train_and_evaluate(SMALL, None, dataset=synthetic_dataset()).record
+  print(json.dumps(_without_times(record)))
+  """
+)
+
+
+@pytest.mark.slow
+def test_two_hosts_equal_one_device():
+  with socket.socket() as probe:  # a free port for the coordinator
+    probe.bind(("localhost", 0))
+    address = f"localhost:{probe.getsockname()[1]}"
+  hosts = [
+    subprocess.Popen(
+      [sys.executable, "-c", _MULTI_HOST_SCRIPT, str(REPO_ROOT), address, str(i)],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  outputs = [host.communicate(timeout=600) for host in hosts]
+  for host, (_, err) in zip(hosts, outputs, strict=True):
+    assert host.returncode == 0, err[-3000:]
+  records = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+  assert records[0] == records[1]  # both hosts see the same global results
+  assert records[0]["devices"] == 2
+  one = _without_times(training.train_and_evaluate(SMALL, None, dataset=synthetic_dataset()).record)
+  for key in ("test_accuracy", "test_loss"):
+    assert records[0][key] == pytest.approx(one[key], abs=1e-5)
+  for e2, e1 in zip(records[0]["epochs"], one["epochs"], strict=True):
+    assert e2["train_loss"] == pytest.approx(e1["train_loss"], abs=1e-5)
 
 
 def test_run_sweep_writes_results_and_skips_finished_runs_on_resume(tmp_path):
