@@ -2,7 +2,7 @@
 
   python experiments/paper.py --quick             # everything, tiny: a few minutes on a CPU
   python experiments/paper.py --protocol cpu      # reduced: about 60-90 minutes on 2 CPU cores
-  python experiments/paper.py --protocol full     # the paper's protocol: minutes on a GPU
+  python experiments/paper.py --protocol full     # the paper's: est. under an hour on a GPU
 
 Three experiments, each also runnable alone with the same flags (e.g. `experiments/depth.py`):
 
@@ -208,7 +208,8 @@ def make_parser(prog: str, names: Sequence[str]) -> argparse.ArgumentParser:
     choices=PROTOCOL_NAMES,
     default=None,
     help="how much to run (see below): quick, cpu (reduced, about 60-90 min on 2 CPU cores) or "
-    "full (the paper's protocol, minutes on a GPU; the default)",
+    "full (the paper's protocol, estimated under an hour on one GPU, days on a CPU; the "
+    "default)",
   )
   if len(names) > 1:
     parser.add_argument(
