@@ -351,6 +351,21 @@ def claim(results: Mapping[str, Any]) -> dict[str, Any]:
   }
 
 
+def _steps_note(protocol: Mapping[str, Any]) -> list[str]:
+  """For a protocol shorter than the paper's: how much shorter, and what that means."""
+  full = PROTOCOLS["full"]
+  paper_steps = full.epochs * (60000 // full.batch_size)
+  steps = protocol["epochs"] * ((protocol["train_limit"] or 60000) // protocol["batch_size"])
+  if steps >= paper_steps:
+    return []
+  return [
+    f"This protocol trains {steps:,} SGD steps per run, {paper_steps / steps:.0f}x fewer than the "
+    f"paper's 10 epochs of MNIST ({paper_steps:,}), so its accuracies and ours are not "
+    "comparable in absolute terms: compare the activations with each other, and the trends.",
+    "",
+  ]
+
+
 def section(results: Mapping[str, Any], link_prefix: str = "") -> list[str]:
   """The report's section: protocol, ours beside the paper's by depth, the verdict, the figure."""
   protocol, activations = results["protocol"], results["activations"]
@@ -378,6 +393,7 @@ def section(results: Mapping[str, Any], link_prefix: str = "") -> list[str]:
     f"Ours: mean ± std over {protocol['seeds']} seeds (protocol {protocol['name']}); paper: read "
     "off its depth figure (— where it shows no value).",
     "",
+    *_steps_note(protocol),
     f"Claim: {results['claim']['claim']} Verdict: **{results['claim']['verdict']}**. "
     f"{results['claim']['sentence']}",
     "",
