@@ -8,14 +8,15 @@ import dataclasses
 import math
 import statistics
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 Call = Callable[[], Any]
+Key = TypeVar("Key", bound=Hashable)
 
 
 class Case(NamedTuple):
@@ -92,7 +93,7 @@ def _seconds(call: Call, times: int) -> float:
   return time.perf_counter() - start
 
 
-def interleaved(calls: Mapping[str, Call], budget: Budget) -> dict[str, Timing]:
+def interleaved(calls: Mapping[Key, Call], budget: Budget) -> dict[Key, Timing]:
   """Times `calls` in rounds; each round runs every call once, in an order that rotates.
 
   Interleaving spreads the machine's drift (other processes, clock changes) evenly over the
@@ -119,7 +120,7 @@ def interleaved(calls: Mapping[str, Call], budget: Budget) -> dict[str, Timing]:
   round_s = sum(estimate[name] * inner[name] for name in names)
   rounds = int(budget.target_s * len(names) / max(round_s, 1e-9))
   rounds = min(max(rounds, budget.min_samples), budget.max_samples)
-  samples: dict[str, list[float]] = {name: [] for name in names}
+  samples: dict[Key, list[float]] = {name: [] for name in names}
   for r in range(rounds):
     for name in names[r % len(names) :] + names[: r % len(names)]:
       samples[name].append(_seconds(calls[name], inner[name]) / inner[name])
