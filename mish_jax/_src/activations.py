@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 
 import jax
@@ -53,27 +52,41 @@ def _mish_xla(x: Array) -> Array:
   return jnp.where(x > _HIGH[x.dtype], x, x_c * (n / (n + 2)))
 
 
+def _times_power_of_two(x: Array, exponent: int) -> Array:
+  """x * 2^exponent for positive normal float32 x and a finite result, by adding to the exponent.
+
+  Integer arithmetic, because XLA folds chained constant factors into one, which can overflow.
+  """
+  bits = lax.bitcast_convert_type(x, jnp.int32) + (exponent << 23)
+  return lax.bitcast_convert_type(bits, jnp.float32)
+
+
 def _mish_bfloat16(x: Array) -> Array:
   """Mish for bfloat16, correctly rounded for every input, subnormals included.
 
   bfloat16 shares float32's exponent range, and CPUs flush float32 subnormals to zero in and out of
-  arithmetic. Below x = -80, where e^x is subnormal, mish(x) = x e^x to float32 precision and is
-  computed in the log domain; results below 2^-126 are built as integers in units of 2^-133, the
-  smallest bfloat16 subnormal.
+  arithmetic. One exp, of x / 2: h = e^(x/2) stays normal where e^x is subnormal (x < -87), so
+  x e^x = (x h) h keeps its value; results below 2^-126 are built as integers, in units of 2^-133,
+  the smallest bfloat16 subnormal.
   """
   bits = lax.bitcast_convert_type(x, jnp.uint16)
   x32 = x.astype(jnp.float32)
-  x_far = jnp.maximum(jnp.minimum(x32, -1.0), -150.0)
-  log_abs_far = x_far + jnp.log(-x_far)
-  y = jnp.where(x32 < -80, -jnp.exp(log_abs_far), _mish_xla(x32))
+  x_c = jnp.maximum(jnp.minimum(x32, _HIGH[x32.dtype]), _LOW[x32.dtype])
+  h = jnp.exp(x_c / 2)
+  t = h * h
+  abs_x_h = -x_c * h  # |x| e^(x/2) where x < 0, the only place it is used
+  y = jnp.where(x32 > _HIGH[x32.dtype], x32, -abs_x_h * h * (t + 2) / (t * (t + 2) + 2))
   is_subnormal_x = (bits & 0x7F80) == 0
   # Near 0, |mish(x)| = 0.6 |x|, with |x| in units of 2^-133 read off the bits (exact for
-  # |x| < 2^-125, the only place it is used); x subnormal itself reads as 0 in arithmetic.
+  # |x| < 2^-125, the only place it is used; a subnormal x reads as 0 in arithmetic). Far below,
+  # |mish(x)| = |x| e^x = (|x| h 2^67)(h 2^66) in those units.
   y_units = jnp.where(
-    x32 < -1, jnp.exp(log_abs_far + 133 * math.log(2)), 0.6 * (bits & 0x7FFF).astype(jnp.float32)
+    x32 < -1,
+    _times_power_of_two(abs_x_h, 67) * _times_power_of_two(h, 66),
+    0.6 * (bits & 0x7FFF).astype(jnp.float32),
   )
   y_small = lax.bitcast_convert_type(
-    (bits & 0x8000) | jnp.rint(y_units).astype(jnp.uint16), jnp.bfloat16
+    (bits & 0x8000) | jnp.rint(jnp.minimum(y_units, 128.0)).astype(jnp.uint16), jnp.bfloat16
   )
   return jnp.where(is_subnormal_x | (jnp.abs(y) < 2.0**-126), y_small, y.astype(jnp.bfloat16))
 
