@@ -817,7 +817,8 @@ def run_sweep(
     log: where one line per finished run goes.
 
   Returns:
-    The results: {"metadata", "runs", "summary"}.
+    The results: {"metadata", "runs", "summary", "wall_time_s"}; the wall time is that of the
+    finished runs, summed over resumed sessions.
 
   Raises:
     ValueError: `out_dir` holds a sweep of another config.
@@ -837,6 +838,7 @@ def run_sweep(
       {key: metadata.get(key) for key in ("date", "command")}
     )
   done = {(run["activation"], run["seed"]) for run in results["runs"]}
+  start, wall_time = time.perf_counter(), results.get("wall_time_s", 0.0)
   for seed in seeds:
     for activation in activations:
       if (activation, seed) in done:
@@ -860,12 +862,14 @@ def run_sweep(
       ).record
       results["runs"].append(record)
       results["summary"] = summarize_runs(results["runs"], baseline)
+      results["wall_time_s"] = wall_time + time.perf_counter() - start
       if jax.process_index() == 0:
         _write_json(results_path, results)
+      compiled = record["compile_time_s"]
       log(
         f"{activation} seed {seed}: test accuracy {record['test_accuracy']:.2%}, macro-F1 "
         f"{record['test_macro_f1']:.4f}, {record['epoch_time_s']:.1f} s/epoch "
-        f"(+{record['compile_time_s']:.1f} s compile)"
+        + (f"(+{compiled:.1f} s compile)" if compiled >= 0.1 else "(train step from jit's cache)")
       )
   return results
 

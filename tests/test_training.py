@@ -210,6 +210,7 @@ def test_welch_test_on_known_numbers():
   assert result["p_value"] == pytest.approx(2 * stats.t.sf(abs(t), dof))
 
 
+@pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")  # scipy, on a constant group
 def test_welch_test_undefined_cases_give_none_with_a_reason():
   assert training.welch_test([0.99], [0.98, 0.97]) == {
     "t": None,
@@ -435,7 +436,7 @@ def test_real_mnist_slice_learns():
   config = dataclasses.replace(training.Config(), epochs=1)
   record = training.train_and_evaluate(config, None, dataset=dataset).record
   assert record["params"] == 225_034
-  assert record["test_accuracy"] > 0.6  # chance is 0.1; 15 steps reach about 0.8
+  assert record["test_accuracy"] > 0.8  # chance is 0.1; 31 steps of batch 64 reach about 0.9
   assert record["epochs"][0]["train_accuracy"] > 0.2
 
 
