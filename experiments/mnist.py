@@ -7,7 +7,10 @@ Run the default comparison (full MNIST, offline once `python experiments/data.py
 It trains the pooled Keras-style CNN of `training.cnn` (225,034 parameters) with relu, swish and
 mish, 3 seeds each, 3 epochs each (Adam, warmup + cosine, peak 3e-3, batch 64), and writes
 results.json, report.md and PNG plots into runs/mnist-<timestamp>/.
-Expected: EXPECTED_RESULT
+Expected: mean test accuracy 99.1-99.2% for each activation (measured on 2026-11-27: relu 99.14%,
+swish 99.18%, mish 99.19%, std 0.03-0.04 points; no difference significant at 0.05) in about 15-18
+minutes on a 2-core x86 CPU: 27 epochs of 26-29 s CPU time (mish 1.10x relu's, swish 1.08x), 4-7 s
+to compile each activation's train step. Measured: 17.4 minutes while other jobs shared the CPU.
 
 Smaller and larger runs:
 
@@ -47,7 +50,11 @@ from experiments import data, training  # noqa: E402
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 # Measured on a 2-core CPU, see the module docstring.
-EXPECTED_RESULT = "EXPECTED"
+EXPECTED_RESULT = (
+  "mean test accuracy 99.1-99.2% for each of relu, swish and mish (measured: 99.14%, 99.18%, "
+  "99.19%) in about 15-18 minutes on a 2-core CPU (26-29 s of CPU time per epoch; measured: 17.4 "
+  "minutes while other jobs shared the machine)."
+)
 BASELINE = "relu"
 DEFAULTS = training.Config()
 DEFAULT_ACTIVATIONS = ("relu", "swish", "mish")
@@ -254,6 +261,9 @@ def write_report(
     "",
     f"Command: `{meta['command']}`",
     "",
+    f"{len(runs)} runs in {results['wall_time_s'] / 60:.1f} minutes (wall clock, training and "
+    "evaluation).",
+    "",
     "## Verdict",
     "",
   ]
@@ -327,7 +337,16 @@ def write_report(
     "### Every run",
     "",
     training.markdown_table(
-      ["activation", "seed", "test accuracy", "macro-F1", "s/epoch", "compile s", "params"],
+      [
+        "activation",
+        "seed",
+        "test accuracy",
+        "macro-F1",
+        "s/epoch",
+        "CPU s/epoch",
+        "compile s",
+        "params",
+      ],
       [
         [
           r["activation"],
@@ -335,6 +354,7 @@ def write_report(
           _pct(r["test_accuracy"]),
           f"{r['test_macro_f1']:.4f}",
           f"{r['epoch_time_s']:.1f}",
+          f"{r['epoch_cpu_time_s']:.1f}",
           f"{r['compile_time_s']:.1f}",
           f"{r['params']:,}",
         ]
