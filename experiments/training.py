@@ -839,6 +839,9 @@ def run_sweep(
     )
   done = {(run["activation"], run["seed"]) for run in results["runs"]}
   start, wall_time = time.perf_counter(), results.get("wall_time_s", 0.0)
+  results["wall_time_s"] = wall_time
+  if jax.process_index() == 0:  # the metadata, "resumed" included, even if nothing is left to run
+    _write_json(results_path, results)
   for seed in seeds:
     for activation in activations:
       if (activation, seed) in done:

@@ -419,6 +419,7 @@ def test_run_sweep_writes_results_and_skips_finished_runs_on_resume(tmp_path):
   assert lines == ["relu seed 0: done already, skipped", "mish seed 0: done already, skipped"]
   assert again["runs"] == results["runs"]
   assert again["metadata"]["resumed"] == [{"date": "today", "command": "test"}]
+  assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(again))
 
   other = {**metadata, "config": {**metadata["config"], "epochs": 7}}
   with pytest.raises(ValueError, match="another config"):
