@@ -25,7 +25,7 @@ from jax.typing import ArrayLike
 
 BACKENDS: tuple[str, ...] = ("mosaic_gpu", "triton")
 SUPPORTED_DTYPES: tuple[jnp.dtype, ...] = tuple(
-    map(jnp.dtype, (jnp.float32, jnp.bfloat16, jnp.float16))
+  map(jnp.dtype, (jnp.float32, jnp.bfloat16, jnp.float16))
 )
 
 # The minor dimension of every block: one float32 per lane of a 128-thread warpgroup.
@@ -53,8 +53,8 @@ def check_dtype(dtype: jnp.dtype, name: str) -> None:
   """Raises TypeError unless the kernels support `dtype`."""
   if jnp.dtype(dtype) not in SUPPORTED_DTYPES:
     raise TypeError(
-        f"{name} must be float32, bfloat16 or float16 for the Pallas kernels, got {dtype}"
-        + (" (use the XLA implementation for float64)" if dtype == jnp.float64 else "")
+      f"{name} must be float32, bfloat16 or float16 for the Pallas kernels, got {dtype}"
+      + (" (use the XLA implementation for float64)" if dtype == jnp.float64 else "")
     )
 
 
@@ -126,13 +126,13 @@ def compiler_params(backend: str, **kwargs) -> pl.CompilerParams:
 
 
 def _elementwise_call(
-    kernel: Callable[..., None],
-    *arrays: Array,
-    out_dtype: jnp.dtype,
-    block_size: int,
-    interpret: bool,
-    backend: str,
-    name: str,
+  kernel: Callable[..., None],
+  *arrays: Array,
+  out_dtype: jnp.dtype,
+  block_size: int,
+  interpret: bool,
+  backend: str,
+  name: str,
 ) -> Array:
   """Runs an elementwise kernel over arrays of one shape, tiled as `(rows, LANES)` blocks."""
   shape = arrays[0].shape
@@ -147,26 +147,26 @@ def _elementwise_call(
   block_rows = min(block_size // LANES, pl.next_power_of_2(rows))
   spec = pl.BlockSpec((block_rows, LANES), lambda i: (i, 0))
   out = pl.pallas_call(
-      kernel,
-      out_shape=jax.ShapeDtypeStruct((rows, LANES), out_dtype),
-      grid=(pl.cdiv(rows, block_rows),),
-      in_specs=[spec] * len(arrays_2d),
-      out_specs=spec,
-      interpret=interpret,
-      compiler_params=compiler_params(backend),
-      name=name,
+    kernel,
+    out_shape=jax.ShapeDtypeStruct((rows, LANES), out_dtype),
+    grid=(pl.cdiv(rows, block_rows),),
+    in_specs=[spec] * len(arrays_2d),
+    out_specs=spec,
+    interpret=interpret,
+    compiler_params=compiler_params(backend),
+    name=name,
   )(*arrays_2d)
   return out.reshape(-1)[:size].reshape(shape)
 
 
 def _elementwise(
-    kernel: Callable[..., None],
-    *arrays: Array,
-    out_dtype: jnp.dtype,
-    block_size: int,
-    interpret: bool,
-    backend: str,
-    name: str,
+  kernel: Callable[..., None],
+  *arrays: Array,
+  out_dtype: jnp.dtype,
+  block_size: int,
+  interpret: bool,
+  backend: str,
+  name: str,
 ) -> Array:
   """`_elementwise_call` that runs as one flat kernel under `jax.vmap`.
 
@@ -174,13 +174,13 @@ def _elementwise(
   vmap rule broadcasts unbatched operands and calls the kernel on the whole batch.
   """
   call = functools.partial(
-      _elementwise_call,
-      kernel,
-      out_dtype=out_dtype,
-      block_size=block_size,
-      interpret=interpret,
-      backend=backend,
-      name=name,
+    _elementwise_call,
+    kernel,
+    out_dtype=out_dtype,
+    block_size=block_size,
+    interpret=interpret,
+    backend=backend,
+    name=name,
   )
 
   @jax.custom_batching.custom_vmap
@@ -190,8 +190,8 @@ def _elementwise(
   @elementwise.def_vmap
   def _vmap_rule(axis_size, in_batched, *operands):
     operands = [
-        a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))
-        for a, batched in zip(operands, in_batched, strict=True)
+      a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))
+      for a, batched in zip(operands, in_batched, strict=True)
     ]
     return elementwise(*operands), True
 
@@ -202,36 +202,52 @@ def _elementwise(
 
 
 def mish_forward(
-    x: Array, *, block_size: int = DEFAULT_BLOCK_SIZE, interpret: bool = False,
-    backend: str = "mosaic_gpu",
+  x: Array,
+  *,
+  block_size: int = DEFAULT_BLOCK_SIZE,
+  interpret: bool = False,
+  backend: str = "mosaic_gpu",
 ) -> Array:
   """mish(x) by the forward kernel, in `x.dtype`; no validation, no `custom_vjp`."""
   return _elementwise(
-      _mish_fwd_kernel, x, out_dtype=x.dtype, block_size=block_size, interpret=interpret,
-      backend=backend, name="mish_fwd",
+    _mish_fwd_kernel,
+    x,
+    out_dtype=x.dtype,
+    block_size=block_size,
+    interpret=interpret,
+    backend=backend,
+    name="mish_fwd",
   )
 
 
 def mish_backward(
-    x: Array, g: Array, *, block_size: int = DEFAULT_BLOCK_SIZE, interpret: bool = False,
-    backend: str = "mosaic_gpu",
+  x: Array,
+  g: Array,
+  *,
+  block_size: int = DEFAULT_BLOCK_SIZE,
+  interpret: bool = False,
+  backend: str = "mosaic_gpu",
 ) -> Array:
   """g * mish'(x) by the backward kernel, in `x.dtype`: one fused pass over `x` and `g`."""
   return _elementwise(
-      _mish_bwd_kernel, x, g.astype(x.dtype), out_dtype=x.dtype, block_size=block_size,
-      interpret=interpret, backend=backend, name="mish_bwd",
+    _mish_bwd_kernel,
+    x,
+    g.astype(x.dtype),
+    out_dtype=x.dtype,
+    block_size=block_size,
+    interpret=interpret,
+    backend=backend,
+    name="mish_bwd",
   )
 
 
-def _mish_vjp_fwd(
-    x: Array, block_size: int, interpret: bool, backend: str
-) -> tuple[Array, Array]:
+def _mish_vjp_fwd(x: Array, block_size: int, interpret: bool, backend: str) -> tuple[Array, Array]:
   y = mish_forward(x, block_size=block_size, interpret=interpret, backend=backend)
   return y, x  # x is the only residual: the backward recomputes e^x, cheaper than storing it.
 
 
 def _mish_vjp_bwd(
-    block_size: int, interpret: bool, backend: str, x: Array, g: Array
+  block_size: int, interpret: bool, backend: str, x: Array, g: Array
 ) -> tuple[Array]:
   return (mish_backward(x, g, block_size=block_size, interpret=interpret, backend=backend),)
 
@@ -249,11 +265,11 @@ _mish.defvjp(_mish_vjp_fwd, _mish_vjp_bwd)
 
 @functools.partial(jax.jit, static_argnames=("block_size", "interpret", "backend"))
 def mish(
-    x: ArrayLike,
-    *,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    interpret: bool = False,
-    backend: str = "mosaic_gpu",
+  x: ArrayLike,
+  *,
+  block_size: int = DEFAULT_BLOCK_SIZE,
+  interpret: bool = False,
+  backend: str = "mosaic_gpu",
 ) -> Array:
   r"""Mish, :math:`x \tanh(\mathrm{softplus}(x))`, by Pallas kernels, differentiable once.
 
@@ -282,7 +298,7 @@ def mish(
     raise ValueError(f"block_size must be a power of two >= {LANES}, got {block_size}")
   if backend == "mosaic_gpu" and not interpret and block_size > MAX_MOSAIC_BLOCK_SIZE:
     raise ValueError(
-        f"block_size must be at most {MAX_MOSAIC_BLOCK_SIZE} on Mosaic GPU, got {block_size}"
+      f"block_size must be at most {MAX_MOSAIC_BLOCK_SIZE} on Mosaic GPU, got {block_size}"
     )
   return _mish(x, block_size, interpret, backend)
 
