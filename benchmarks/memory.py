@@ -118,14 +118,9 @@ class Memory:
     return run
 
   def _time(self) -> None:
-    timings = timing.interleaved(self.calls, self.budget)
-    baseline = timings.get(BASELINE)
-    for name, t in timings.items():
-      self.records[name] |= {
-        "timing": t.to_json(),
-        "ms": t.median_s * 1e3,
-        "time_vs_relu": None if baseline is None else timing.median_ratio(t, baseline),
-      }
+    timed = timing.timed_against(self.calls, self.budget, BASELINE, "time_vs_relu")
+    for name, fields in timed.items():
+      self.records[name] |= fields
     self.calls.clear()  # Frees the executables and their inputs.
 
   def results(self) -> dict[str, Any]:

@@ -144,6 +144,33 @@ def median_ratio(a: Timing, b: Timing) -> float:
   return statistics.median(x / y for x, y in zip(a.per_round_s, b.per_round_s, strict=True))
 
 
+def timed_against(
+  calls: Mapping[Key, Call], budget: Budget, baseline: Key, ratio_key: str
+) -> dict[Key, dict[str, Any]]:
+  """Times `calls` interleaved and gives each its record fields, with a ratio to `baseline`.
+
+  Args:
+    calls: name -> a call with no arguments returning JAX arrays (compiled, with bound inputs).
+    budget: the time and sample bounds.
+    baseline: the name every ratio divides by; the ratios are None when it is not in `calls`.
+    ratio_key: the field the ratio goes under, e.g. "time_vs_relu".
+
+  Returns:
+    name -> {"timing": its statistics, "ms": its median in ms, ratio_key: `median_ratio` of it
+    to the baseline, or None}.
+  """
+  timings = interleaved(calls, budget)
+  base = timings.get(baseline)
+  return {
+    name: {
+      "timing": t.to_json(),
+      "ms": t.median_s * 1e3,
+      ratio_key: None if base is None else median_ratio(t, base),
+    }
+    for name, t in timings.items()
+  }
+
+
 # Copy: the memory-bound limit.
 
 

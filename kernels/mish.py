@@ -125,40 +125,6 @@ def compiler_params(backend: str, **kwargs) -> pl.CompilerParams:
   return plgpu.CompilerParams(**kwargs)
 
 
-def _elementwise_call(
-  kernel: Callable[..., None],
-  *arrays: Array,
-  out_dtype: jnp.dtype,
-  block_size: int,
-  interpret: bool,
-  backend: str,
-  name: str,
-) -> Array:
-  """Runs an elementwise kernel over arrays of one shape, tiled as `(rows, LANES)` blocks."""
-  shape = arrays[0].shape
-  size = arrays[0].size
-  if size == 0:
-    return jnp.zeros(shape, out_dtype)
-  padded_size = pl.cdiv(size, LANES) * LANES
-  rows = padded_size // LANES
-  # Padding with zeros is harmless (mish(0) = 0) and sliced off; only sizes that are not a
-  # multiple of LANES pay for it.
-  arrays_2d = [jnp.pad(a.reshape(-1), (0, padded_size - size)).reshape(rows, LANES) for a in arrays]
-  block_rows = min(block_size // LANES, pl.next_power_of_2(rows))
-  spec = pl.BlockSpec((block_rows, LANES), lambda i: (i, 0))
-  out = pl.pallas_call(
-    kernel,
-    out_shape=jax.ShapeDtypeStruct((rows, LANES), out_dtype),
-    grid=(pl.cdiv(rows, block_rows),),
-    in_specs=[spec] * len(arrays_2d),
-    out_specs=spec,
-    interpret=interpret,
-    compiler_params=compiler_params(backend),
-    name=name,
-  )(*arrays_2d)
-  return out.reshape(-1)[:size].reshape(shape)
-
-
 def _elementwise(
   kernel: Callable[..., None],
   *arrays: Array,
@@ -168,20 +134,38 @@ def _elementwise(
   backend: str,
   name: str,
 ) -> Array:
-  """`_elementwise_call` that runs as one flat kernel under `jax.vmap`.
+  """Runs an elementwise kernel over arrays of one shape, tiled as `(rows, LANES)` blocks.
 
-  Mosaic GPU cannot lower a batched `pallas_call`; an elementwise kernel does not need one, so the
-  vmap rule broadcasts unbatched operands and calls the kernel on the whole batch.
+  Under `jax.vmap` it still runs as one flat kernel: Mosaic GPU cannot lower a batched
+  `pallas_call`, and an elementwise kernel does not need one, so the vmap rule broadcasts
+  unbatched operands and calls the kernel on the whole batch.
   """
-  call = functools.partial(
-    _elementwise_call,
-    kernel,
-    out_dtype=out_dtype,
-    block_size=block_size,
-    interpret=interpret,
-    backend=backend,
-    name=name,
-  )
+
+  def call(*operands: Array) -> Array:
+    shape = operands[0].shape
+    size = operands[0].size
+    if size == 0:
+      return jnp.zeros(shape, out_dtype)
+    padded_size = pl.cdiv(size, LANES) * LANES
+    rows = padded_size // LANES
+    # Padding with zeros is harmless (mish(0) = 0) and sliced off; only sizes that are not a
+    # multiple of LANES pay for it.
+    operands_2d = [
+      jnp.pad(a.reshape(-1), (0, padded_size - size)).reshape(rows, LANES) for a in operands
+    ]
+    block_rows = min(block_size // LANES, pl.next_power_of_2(rows))
+    spec = pl.BlockSpec((block_rows, LANES), lambda i: (i, 0))
+    out = pl.pallas_call(
+      kernel,
+      out_shape=jax.ShapeDtypeStruct((rows, LANES), out_dtype),
+      grid=(pl.cdiv(rows, block_rows),),
+      in_specs=[spec] * len(operands_2d),
+      out_specs=spec,
+      interpret=interpret,
+      compiler_params=compiler_params(backend),
+      name=name,
+    )(*operands_2d)
+    return out.reshape(-1)[:size].reshape(shape)
 
   @jax.custom_batching.custom_vmap
   def elementwise(*operands):
