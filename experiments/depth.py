@@ -111,7 +111,11 @@ PROTOCOLS = {
 
 
 def config(protocol: Protocol, layers: int) -> training.Config:
-  """The training config of one depth (activation and seed are set per run)."""
+  """The training config of one depth (activation and seed are set per run).
+
+  The settings that matter are spelled out, not left to `training.Config`'s defaults: the
+  protocol must not change when they do (and a resume compares the stored config).
+  """
   return training.Config(
     model="deep_cnn",
     model_options={
@@ -121,6 +125,7 @@ def config(protocol: Protocol, layers: int) -> training.Config:
     train_limit=protocol.train_limit,
     epochs=protocol.epochs,
     batch_size=protocol.batch_size,
+    eval_batch_size=1000,
     learning_rate=protocol.learning_rate,
     schedule="constant",
     optimizer="sgd",
@@ -323,23 +328,24 @@ def claim(results: Mapping[str, Any]) -> dict[str, Any]:
   versus = "; ".join(
     f"{o} {paper.mean_std(acc[last, o])}% ({paper.p_text(tests[o])})" for o in others
   )
-  drops = ", ".join(f"{a} {drop[a]:+.1f}" for a in activations)
+  drops = ", ".join(f"{a} {drop[a]:.1f}" for a in activations)
   sentence = (
     f"At {last} layers mish reaches {paper.mean_std(acc[last, 'mish'])}% vs {versus}. "
-    f"Accuracy lost from {first} to {last} layers (points): {drops}; "
+    f"Points of accuracy lost from {first} to {last} layers (negative: gained): {drops}; "
     + (
-      f"{', '.join(collapsed)} collapse{'s' if len(collapsed) == 1 else ''} "
-      f"(> {COLLAPSE_POINTS:g} points)"
+      f"{paper.join_names(collapsed)} collapse{'s' if len(collapsed) == 1 else ''} "
+      f"(more than {COLLAPSE_POINTS:g} points lost)"
       if collapsed
-      else f"none collapses (> {COLLAPSE_POINTS:g} points)"
+      else f"none collapses (more than {COLLAPSE_POINTS:g} points lost)"
     )
     + ". "
     + (
-      f"Mish is significantly more accurate than {', '.join(beaten)} at {last} layers"
+      f"Mish is significantly more accurate than {paper.join_names(beaten)} at {last} layers"
       if beaten
       else f"Mish is not significantly more accurate than any other at {last} layers"
     )
-    + (f", and significantly less accurate than {', '.join(worse)}" if worse else "")
+    + (f", and significantly less accurate than {paper.join_names(worse)}" if worse else "")
+    + (", but it collapses too" if beaten and "mish" in collapsed else "")
     + "."
   )
   return {
@@ -487,6 +493,7 @@ def plot(results: Mapping[str, Any], path: Path) -> None:
         color=line[0].get_color(),
         label=f"{activation} paper",
       )
+  ax.axhline(10, color="gray", linestyle=":", label="chance (10%)")
   ax.set(
     title=f"Test accuracy vs layers (protocol {results['protocol']['name']})",
     xlabel="layers (2 convs + hidden dense + head)",

@@ -59,7 +59,7 @@ METRICS = {
 SHOWN = 3  # seeds drawn in landscapes.png
 FIGURES = {
   "landscapes.png": "The min-max scaled output images, one column per activation, one row per "
-  "seed (the same weights across a row)",
+  "seed (the same weights across a row; the first seeds with no constant output)",
   "roughness.png": "The two roughness numbers, mean ± std over seeds",
 }
 
@@ -158,8 +158,8 @@ def run(
 ) -> dict[str, Any]:
   """Draws every (seed, activation) landscape; writes results.json, report.md and the figures.
 
-  It takes a few minutes at most; a resumed run keeps the stored numbers and redraws only the
-  images it shows.
+  It takes a few minutes at most; a resumed run keeps the stored numbers and only redraws the
+  figures.
 
   Args:
     protocol: what to run.
@@ -182,29 +182,24 @@ def run(
   stored = paper.check_resume(out / "results.json", expected) if resume else None
   runs = stored["runs"] if stored else []
   done = {(r["activation"], r["seed"]) for r in runs}
-  shown = []
   bar = paper.progress_bar(protocol.seeds * len(activations), NAME, progress)
   for seed in range(protocol.seeds):
-    images = {}
     for activation in activations:
       bar.update()
-      if (activation, seed) in done and seed >= SHOWN:
+      if (activation, seed) in done:
         continue
       raw = landscape(activation, seed, protocol)
-      images[activation] = image = min_max(raw)
-      if (activation, seed) not in done:
-        runs.append(
-          {
-            "activation": activation,
-            "seed": seed,
-            "constant": image is None,
-            "raw_min": float(raw.min()),
-            "raw_max": float(raw.max()),
-            **({} if image is None else roughness(image)),
-          }
-        )
-    if seed < SHOWN:
-      shown.append((seed, images))
+      image = min_max(raw)
+      runs.append(
+        {
+          "activation": activation,
+          "seed": seed,
+          "constant": image is None,
+          "raw_min": float(raw.min()),
+          "raw_max": float(raw.max()),
+          **({} if image is None else roughness(image)),
+        }
+      )
   bar.close()
   results: dict[str, Any] = {
     "experiment": NAME,
@@ -220,7 +215,7 @@ def run(
   results["claim"] = claim(results)
   paper.write_json(out / "results.json", results)
   write_report(results, out)
-  plot_images(shown, results, out / "landscapes.png")
+  plot_images(results, protocol, out / "landscapes.png")
   plot_roughness(results, out / "roughness.png")
   return results
 
@@ -390,15 +385,18 @@ def write_report(results: Mapping[str, Any], out: Path) -> None:
   (out / "report.md").write_text("\n".join(lines))
 
 
-def plot_images(
-  shown: Sequence[tuple[int, Mapping[str, np.ndarray | None]]],
-  results: Mapping[str, Any],
-  path: Path,
-) -> None:
-  """One row per seed, one column per activation; each titled with its two numbers."""
+def plot_images(results: Mapping[str, Any], protocol: Protocol, path: Path) -> None:
+  """The first `SHOWN` seeds whose outputs are all non-constant (else the first seeds), redrawn:
+  one row per seed, one column per activation, each titled with its two numbers."""
   activations = results["activations"]
-  extent = results["protocol"]["extent"]
   metrics = {(r["activation"], r["seed"]): r for r in results["runs"]}
+  seeds = sorted({seed for _, seed in metrics})
+  alive = [s for s in seeds if not any(metrics[a, s]["constant"] for a in activations)]
+  shown = [
+    (seed, {a: min_max(landscape(a, seed, protocol)) for a in activations})
+    for seed in (alive or seeds)[:SHOWN]
+  ]
+  extent = protocol.extent
   fig, axes = plt.subplots(
     len(shown), len(activations), figsize=(3.2 * len(activations), 3.2 * len(shown)), squeeze=False
   )

@@ -91,8 +91,22 @@ PROTOCOLS = {
 
 
 def config(protocol: Protocol) -> training.Config:
-  """The training config (activation and seed are set per run)."""
-  return training.Config(epochs=protocol.epochs, train_limit=protocol.train_limit)
+  """The training config (activation and seed are set per run).
+
+  Every setting is spelled out, not left to `training.Config`'s defaults: the protocol must not
+  change when they do (and a resume compares the stored config).
+  """
+  return training.Config(
+    model="cnn",
+    epochs=protocol.epochs,
+    train_limit=protocol.train_limit,
+    batch_size=128,
+    eval_batch_size=1000,
+    learning_rate=3e-3,
+    warmup_epochs=0.5,
+    schedule="warmup_cosine",
+    optimizer="adam",
+  )
 
 
 def noisy(images: np.ndarray, sigma: float, eps: np.ndarray) -> np.ndarray:
@@ -191,14 +205,20 @@ def run(
           f"{s:g}: {c['accuracy']:.1%}" for s, c in zip(protocol.sigmas, curve, strict=True)
         )
       )
-      results["summary"] = summarize(results)
-      results["claim"] = claim(results)
-      paper.write_json(out / "results.json", results)
-      write_report(results, out)
-      plot_curves(results, out / "noise_curves.png")
+      _save(results, out)
   bar.close()
+  _save(results, out)  # also when a resume found every run done
   plot_examples(dataset, eps, protocol.sigmas, out / "noise_examples.png")
   return results
+
+
+def _save(results: dict[str, Any], out: Path) -> None:
+  """Updates the summary and verdict, then writes results.json, report.md and the curves."""
+  results["summary"] = summarize(results)
+  results["claim"] = claim(results)
+  paper.write_json(out / "results.json", results)
+  write_report(results, out)
+  plot_curves(results, out / "noise_curves.png")
 
 
 def _curves(results: Mapping[str, Any], activation: str, key: str) -> np.ndarray:
@@ -260,14 +280,14 @@ def claim(results: Mapping[str, Any]) -> dict[str, Any]:
     f"Mean test accuracy over {noisy_levels}: mish {paper.mean_std(robust['mish'])}% vs "
     f"{versus}. "
     + (
-      f"Mish is significantly more robust than {', '.join(beaten)}"
+      f"Mish is significantly more robust than {paper.join_names(beaten)}"
       if beaten
       else "Mish is not significantly more robust than any other"
     )
-    + (f" and significantly less robust than {', '.join(worse)}" if worse else "")
+    + (f" and significantly less robust than {paper.join_names(worse)}" if worse else "")
     + "; its mean loss over those levels is "
     + (
-      f"significantly lower than {', '.join(lower_loss)}'s"
+      f"significantly lower than {paper.join_names(lower_loss)}'s"
       if lower_loss
       else "not significantly lower than any other's"
     )
@@ -392,6 +412,7 @@ def plot_curves(results: Mapping[str, Any], path: Path) -> None:
         color=line.get_color(),
         label=f"{activation} paper",
       )
+  acc_ax.axhline(10, color="gray", linestyle=":", label="chance (10%)")
   acc_ax.set(title="test accuracy (%)", xlabel="noise sigma ([0, 1] pixel units)")
   loss_ax.set(title="test loss", xlabel="noise sigma ([0, 1] pixel units)")
   for ax in (acc_ax, loss_ax):

@@ -20,6 +20,7 @@ beside the published ones, and a verdict on each of the paper's claims computed 
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import importlib
 import json
@@ -104,6 +105,11 @@ def compare(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
   diff = float(np.mean(a) - np.mean(b))
   significant = test["p_value"] is not None and test["p_value"] < 0.05
   return {"diff": diff, "p_value": test["p_value"], "significant": significant, **test}
+
+
+def join_names(names: Sequence[str]) -> str:
+  """'a', 'a and b', 'a, b and c'."""
+  return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else list(names))
 
 
 def p_text(comparison: Mapping[str, Any]) -> str:
@@ -324,7 +330,6 @@ def run_all(
       log=log,
     )
     minutes = (datetime.datetime.now() - start).total_seconds() / 60
-    sessions = previous.get(name, {}).get("sessions", 0) + 1
     minutes += previous.get(name, {}).get("wall_minutes", 0.0)
     log(
       f"{name}: {results['claim']['verdict']} ({minutes:.1f} min). {results['claim']['sentence']}"
@@ -335,7 +340,6 @@ def run_all(
       "published": results["published"],
       "summary": results["summary"],
       "wall_minutes": minutes,
-      "sessions": sessions,
     }
     collated["experiments"][name]["sections"] = _module(name).section(results, f"{name}/")
     write_json(out / "results.json", collated)
@@ -357,7 +361,10 @@ def write_report(collated: Mapping[str, Any], out: Path) -> None:
     f"{meta['date']} on {meta['device']} ({meta['cpu_count']} CPU cores), jax "
     f"{meta['versions']['jax']}, flax {meta['versions']['flax']}. Protocol: "
     f"**{', '.join(protocols)}**. Command: `{collated['command']}`"
-    + "".join(f", resumed with `{c}`" for c in collated["resumed_with"])
+    + "".join(
+      f", resumed with `{c}`" + (f" ({n} times)" if n > 1 else "")
+      for c, n in collections.Counter(collated["resumed_with"]).items()
+    )
     + ".",
     "",
   ]
@@ -380,15 +387,14 @@ def write_report(collated: Mapping[str, Any], out: Path) -> None:
     "## Timing",
     "",
     training.markdown_table(
-      ["experiment", "protocol", "wall time (min)", "sessions"],
+      ["experiment", "protocol", "wall time (min)"],
       [
-        [name, e["protocol"]["name"], f"{e['wall_minutes']:.1f}", e["sessions"]]
-        for name, e in experiments.items()
+        [name, e["protocol"]["name"], f"{e['wall_minutes']:.1f}"] for name, e in experiments.items()
       ],
     ),
     "",
-    "Wall time on the machine above, shared with other jobs, summed over the sessions of a "
-    "resumed run.",
+    f"Wall time on the machine above, shared with other jobs, summed over the run's "
+    f"{1 + len(collated['resumed_with'])} session(s); a resumed session redoes no finished run.",
     "",
   ]
   (out / "report.md").write_text("\n".join(lines))
