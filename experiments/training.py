@@ -525,7 +525,7 @@ def evaluate(
   images: np.ndarray,
   labels: np.ndarray,
   *,
-  batch_size: int = 1000,
+  batch_size: int = 250,
   mesh: Mesh | None = None,
 ) -> dict[str, Any]:
   """Loss, accuracy, macro-F1, per-class F1 and confusion matrix of `model` (in eval mode).
@@ -546,10 +546,11 @@ def evaluate(
     batch = [_global_batch(mesh, a) for a in (x, y, mask)]
     loss, cm = eval_step(model, *batch)
     loss_sum, confusion = loss_sum + loss, confusion + cm
+  confusion = _to_host(confusion)
   return {
     "loss": float(_to_host(loss_sum)) / len(labels),
-    **metrics_from_confusion(_to_host(confusion)),
-    "confusion_matrix": _to_host(confusion).tolist(),
+    **metrics_from_confusion(confusion),
+    "confusion_matrix": confusion.tolist(),
   }
 
 
