@@ -8,9 +8,11 @@ It trains the pooled Keras-style CNN of `training.cnn` (225,034 parameters) with
 mish, 3 seeds each, 3 epochs each (Adam, warmup + cosine, peak 3e-3, batch 64), and writes
 results.json, report.md and PNG plots into runs/mnist-<timestamp>/.
 Expected: mean test accuracy 99.1-99.2% for each activation (measured on 2026-11-27: relu 99.14%,
-swish 99.18%, mish 99.19%, std 0.03-0.04 points; no difference significant at 0.05) in about 15-18
-minutes on a 2-core x86 CPU: 27 epochs of 26-29 s CPU time (mish 1.10x relu's, swish 1.08x), 4-7 s
-to compile each activation's train step. Measured: 17.4 minutes while other jobs shared the CPU.
+swish 99.18%, mish 99.19%, std 0.03-0.04 points, the same to the digit in two runs; no difference
+significant at 0.05) in 15-18 minutes on a 2-core x86 CPU shared with other jobs (measured: 15.7
+and 17.4), about 9 when it is idle (estimated): 27 epochs of 30-40 s shared, 16-18 s idle (26-29 s
+of CPU time over both cores; mish 1.09x relu's, swish 1.08x), plus 2-7 s to compile each
+activation's train step.
 
 Smaller and larger runs:
 
@@ -52,8 +54,8 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 # Measured on a 2-core CPU, see the module docstring.
 EXPECTED_RESULT = (
   "mean test accuracy 99.1-99.2% for each of relu, swish and mish (measured: 99.14%, 99.18%, "
-  "99.19%) in about 15-18 minutes on a 2-core CPU (26-29 s of CPU time per epoch; measured: 17.4 "
-  "minutes while other jobs shared the machine)."
+  "99.19%) in 15-18 minutes on a 2-core CPU shared with other jobs (measured), about 9 when "
+  "it is idle (16-18 s per epoch)."
 )
 BASELINE = "relu"
 DEFAULTS = training.Config()
