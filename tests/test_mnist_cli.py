@@ -1,6 +1,7 @@
 """Tests of the command line of experiments/mnist.py: usage errors, --help and a tiny full run."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,25 @@ def test_usage_error_from_the_shell():
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1] == (
     "python experiments/mnist.py: error: argument --seeds: must be a positive integer, not 0 "
+    "(see --help)"
+  )
+
+
+def test_batch_size_not_divisible_by_the_devices_exits_2(tmp_path):
+  # XLA_FLAGS must be set before JAX starts: a fresh interpreter.
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  proc = subprocess.run(
+    [sys.executable, "experiments/mnist.py", "--batch-size", "12", "--out", str(tmp_path / "o")],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+    check=False,
+  )
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == (
+    "python experiments/mnist.py: error: --batch-size 12 is not divisible by the 8 devices "
     "(see --help)"
   )
 
