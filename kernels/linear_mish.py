@@ -36,12 +36,12 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.typing import ArrayLike
 
 from .mish import (
-    check_backend,
-    check_dtype,
-    compiler_params,
-    mish_backward,
-    mish_f32,
-    mish_reference,
+  check_backend,
+  check_dtype,
+  compiler_params,
+  mish_backward,
+  mish_f32,
+  mish_reference,
 )
 
 # (block_m, block_n, block_k) by backend and operand bytes. Mosaic GPU: wgmma wants block_m a
@@ -49,10 +49,10 @@ from .mish import (
 # pipeline stages and the z output, 16-bit tiles take 192 KiB of the H100's 227 KiB of shared
 # memory and float32 tiles 176 KiB. Triton: the usual tiles of its matmul tutorials.
 _DEFAULT_BLOCKS = {
-    ("mosaic_gpu", 2): (128, 128, 64),
-    ("mosaic_gpu", 4): (64, 128, 32),
-    ("triton", 2): (128, 128, 32),
-    ("triton", 4): (64, 64, 32),
+  ("mosaic_gpu", 2): (128, 128, 64),
+  ("mosaic_gpu", 4): (64, 128, 32),
+  ("triton", 2): (128, 128, 32),
+  ("triton", 4): (64, 64, 32),
 }
 # N is padded to a multiple of 16 elements: TMA needs every row to start 16-byte aligned.
 _N_ALIGN = 16
@@ -80,9 +80,15 @@ def _epilogue(acc: Array, bias: Array, y_ref, z_refs: Sequence[Any]) -> None:
 
 
 def _linear_mish_kernel(
-    x_ref, w_ref, b_ref,  # Inputs.
-    y_ref, *refs,  # Outputs (y, then z if saved), then the accumulator.
-    num_k_blocks: int, use_wgmma: bool, w_transposed: bool):
+  x_ref,
+  w_ref,
+  b_ref,  # Inputs.
+  y_ref,
+  *refs,  # Outputs (y, then z if saved), then the accumulator.
+  num_k_blocks: int,
+  use_wgmma: bool,
+  w_transposed: bool,
+):
   """One `(block_m, block_n)` tile of the output, at step `k` of the sequential K axis."""
   *z_refs, acc_ref = refs
   k = pl.program_id(2)
@@ -92,13 +98,14 @@ def _linear_mish_kernel(
     # The pipeline refills this step's buffers once the body returns: no wgmma may still read them.
     plgpu.wgmma_wait(0)
   else:
+
     @pl.when(k == 0)
     def _zero():
       acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
 
     contract = ((1,), (1,)) if w_transposed else ((1,), (0,))
     acc_ref[...] += lax.dot_general(
-        x_ref[...], w_ref[...], (contract, ((), ())), preferred_element_type=jnp.float32
+      x_ref[...], w_ref[...], (contract, ((), ())), preferred_element_type=jnp.float32
     )
 
   @pl.when(k == num_k_blocks - 1)
@@ -112,18 +119,20 @@ def _linear_mish_kernel(
 
 
 def _linear_mish_kernel_triton(
-    x_ref, w_ref, b_ref,  # Inputs: a (block_m, K) row panel and a (K, block_n) column panel.
-    y_ref, *z_refs,  # Outputs.
-    block_k: int):
+  x_ref,
+  w_ref,
+  b_ref,  # Inputs: a (block_m, K) row panel and a (K, block_n) column panel.
+  y_ref,
+  *z_refs,  # Outputs.
+  block_k: int,
+):
   """One `(block_m, block_n)` tile of the output, looping over K in `block_k` steps."""
 
   def body(k, acc):
     ks = pl.ds(pl.multiple_of(k * block_k, block_k), block_k)
     return acc + jnp.dot(x_ref[:, ks], w_ref[ks, :], preferred_element_type=jnp.float32)
 
-  acc = lax.fori_loop(
-      0, x_ref.shape[1] // block_k, body, jnp.zeros(y_ref.shape, jnp.float32)
-  )
+  acc = lax.fori_loop(0, x_ref.shape[1] // block_k, body, jnp.zeros(y_ref.shape, jnp.float32))
   _epilogue(acc, b_ref[...], y_ref, z_refs)
 
 
@@ -142,16 +151,16 @@ def _round_up(a: int, b: int) -> int:
 
 
 def linear_mish_call(
-    x: Array,
-    w: Array,
-    b: Array,
-    *,
-    block_m: int,
-    block_n: int,
-    block_k: int,
-    interpret: bool,
-    backend: str,
-    save_z: bool,
+  x: Array,
+  w: Array,
+  b: Array,
+  *,
+  block_m: int,
+  block_n: int,
+  block_k: int,
+  interpret: bool,
+  backend: str,
+  save_z: bool,
 ) -> Array | tuple[Array, Array]:
   """Runs the fused kernel on `x: (M, K)`, `w: (K, N)` of one dtype and float32 `b: (N,)`.
 
@@ -174,9 +183,9 @@ def linear_mish_call(
     grid = (pl.cdiv(m, block_m), pl.cdiv(n_pad, block_n))
     kernel = functools.partial(_linear_mish_kernel_triton, block_k=block_k)
     in_specs = [
-        pl.BlockSpec((block_m, k_pad), lambda i, j: (i, 0)),
-        pl.BlockSpec((k_pad, block_n), lambda i, j: (0, j)),
-        pl.BlockSpec((block_n,), lambda i, j: (j,)),
+      pl.BlockSpec((block_m, k_pad), lambda i, j: (i, 0)),
+      pl.BlockSpec((k_pad, block_n), lambda i, j: (0, j)),
+      pl.BlockSpec((block_n,), lambda i, j: (j,)),
     ]
     out_specs = [pl.BlockSpec((block_m, block_n), lambda i, j: (i, j))] * num_outputs
     scratch_shapes = ()
@@ -200,42 +209,42 @@ def linear_mish_call(
     else:
       w_spec = spec((block_k, block_n), lambda i, j, kk: (kk, j))
     kernel = functools.partial(
-        _linear_mish_kernel,
-        num_k_blocks=num_k_blocks,
-        use_wgmma=use_wgmma,
-        w_transposed=w_transposed,
+      _linear_mish_kernel,
+      num_k_blocks=num_k_blocks,
+      use_wgmma=use_wgmma,
+      w_transposed=w_transposed,
     )
     in_specs = [
-        spec((block_m, block_k), lambda i, j, kk: (i, kk)),
-        w_spec,
-        plgpu.BlockSpec((block_n,), lambda i, j, kk: (j,)),
+      spec((block_m, block_k), lambda i, j, kk: (i, kk)),
+      w_spec,
+      plgpu.BlockSpec((block_n,), lambda i, j, kk: (j,)),
     ]
     out_specs = [spec((block_m, block_n), lambda i, j, kk: (i, j))] * num_outputs
     acc_type = plgpu.ACC if use_wgmma else plgpu.SMEM
     scratch_shapes = [acc_type((block_m, block_n), jnp.float32)]
     params = compiler_params(
-        "mosaic_gpu",
-        dimension_semantics=("parallel", "parallel", "sequential"),
-        max_concurrent_steps=2,
+      "mosaic_gpu",
+      dimension_semantics=("parallel", "parallel", "sequential"),
+      max_concurrent_steps=2,
     )
 
   outs = pl.pallas_call(
-      kernel,
-      out_shape=out_shape,
-      grid=grid,
-      in_specs=in_specs,
-      out_specs=out_specs,
-      scratch_shapes=scratch_shapes,
-      interpret=interpret,
-      compiler_params=params,
-      name="linear_mish_fwd",
+    kernel,
+    out_shape=out_shape,
+    grid=grid,
+    in_specs=in_specs,
+    out_specs=out_specs,
+    scratch_shapes=scratch_shapes,
+    interpret=interpret,
+    compiler_params=params,
+    name="linear_mish_fwd",
   )(x, w, b)
   outs = [o[:, :n] for o in outs]
   return tuple(outs) if save_z else outs[0]
 
 
 def _batched_call(
-    x: Array, w: Array, b: Array, config: _Config, save_z: bool
+  x: Array, w: Array, b: Array, config: _Config, save_z: bool
 ) -> Array | tuple[Array, Array]:
   """`linear_mish_call` with a vmap rule that never hands Mosaic GPU a batched `pallas_call`."""
   call = functools.partial(linear_mish_call, **config._asdict(), save_z=save_z)
@@ -254,8 +263,8 @@ def _batched_call(
     else:
       # A batch of weights is a batch of different matmuls: one kernel call per element.
       x, w, b = (
-          a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))
-          for a, batched in zip((x, w, b), in_batched, strict=True)
+        a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))
+        for a, batched in zip((x, w, b), in_batched, strict=True)
       )
       out = lax.map(lambda operands: fused(*operands), (x, w, b))
     return out, jax.tree.map(lambda _: True, out)
@@ -267,14 +276,14 @@ def _batched_call(
 
 
 def _linear_mish_fwd(
-    x: Array, w: Array, b: Array, config: _Config
+  x: Array, w: Array, b: Array, config: _Config
 ) -> tuple[Array, tuple[Array, Array, Array]]:
   y, z = _batched_call(x, w, b, config, save_z=True)
   return y, (x, w, z)
 
 
 def _linear_mish_bwd(
-    config: _Config, residuals: tuple[Array, Array, Array], g: Array
+  config: _Config, residuals: tuple[Array, Array, Array], g: Array
 ) -> tuple[Array, Array, Array]:
   x, w, z = residuals
   gz = mish_backward(z, g, interpret=config.interpret, backend=config.backend)
@@ -319,24 +328,24 @@ def _check_blocks(block_m: int, block_n: int, block_k: int, dtype: jnp.dtype, ba
   for name in ("block_n", "block_k"):
     if blocks[name] % min_elems:
       raise ValueError(
-          f"{name} must be a multiple of {min_elems} for {jnp.dtype(dtype)} on Mosaic GPU, "
-          f"got {blocks[name]}"
+        f"{name} must be a multiple of {min_elems} for {jnp.dtype(dtype)} on Mosaic GPU, "
+        f"got {blocks[name]}"
       )
 
 
 @functools.partial(
-    jax.jit, static_argnames=("block_m", "block_n", "block_k", "interpret", "backend")
+  jax.jit, static_argnames=("block_m", "block_n", "block_k", "interpret", "backend")
 )
 def linear_mish(
-    x: ArrayLike,
-    kernel: ArrayLike,
-    bias: ArrayLike | None = None,
-    *,
-    block_m: int | None = None,
-    block_n: int | None = None,
-    block_k: int | None = None,
-    interpret: bool = False,
-    backend: str = "mosaic_gpu",
+  x: ArrayLike,
+  kernel: ArrayLike,
+  bias: ArrayLike | None = None,
+  *,
+  block_m: int | None = None,
+  block_n: int | None = None,
+  block_k: int | None = None,
+  interpret: bool = False,
+  backend: str = "mosaic_gpu",
 ) -> Array:
   """`mish(x @ kernel + bias)` in one Pallas kernel, differentiable once in all three arguments.
 
@@ -365,8 +374,7 @@ def linear_mish(
   operands = (x, kernel) if bias is None else (x, kernel, jnp.asarray(bias))
   if kernel.ndim != 2 or x.ndim < 1 or x.shape[-1] != kernel.shape[0]:
     raise ValueError(
-        f"expected x of shape (..., K) and kernel of shape (K, N), got {x.shape} and "
-        f"{kernel.shape}"
+      f"expected x of shape (..., K) and kernel of shape (K, N), got {x.shape} and {kernel.shape}"
     )
   *batch, k = x.shape
   n = kernel.shape[1]
@@ -377,7 +385,7 @@ def linear_mish(
   check_backend(backend)
   defaults = default_blocks(dtype, backend)
   block_m, block_n, block_k = (
-      given or default for given, default in zip((block_m, block_n, block_k), defaults, strict=True)
+    given or default for given, default in zip((block_m, block_n, block_k), defaults, strict=True)
   )
   _check_blocks(block_m, block_n, block_k, dtype, backend)
   m = math.prod(batch)

@@ -50,12 +50,15 @@ def _assert_ulp_close(actual, expected, max_ulp: int, what: str = "") -> None:
   big = ok & (np.abs(expected.astype(np.float64)) > _TINY)
   distance = _ulp_distance(actual[big], expected[big])
   assert distance.size == 0 or distance.max() <= max_ulp, (
-      f"{what}: {distance.max()} ulp apart at x index {np.flatnonzero(big)[distance.argmax()]}"
+    f"{what}: {distance.max()} ulp apart at x index {np.flatnonzero(big)[distance.argmax()]}"
   )
   small = ok & ~big
   np.testing.assert_allclose(
-      actual[small].astype(np.float64), expected[small].astype(np.float64), rtol=0, atol=_TINY,
-      err_msg=what,
+    actual[small].astype(np.float64),
+    expected[small].astype(np.float64),
+    rtol=0,
+    atol=_TINY,
+    err_msg=what,
   )
 
 
@@ -92,7 +95,7 @@ class MishKernelTestBase:
 
   @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
   @pytest.mark.parametrize(
-      "shape", [(1,), (127,), (129,), (1000003,), (3, 5, 7), (2, 3, 4, 5)], ids=str
+    "shape", [(1,), (127,), (129,), (1000003,), (3, 5, 7), (2, 3, 4, 5)], ids=str
   )
   def test_forward_and_gradient_match_references(self, shape, dtype):
     x = _random(shape, dtype)
@@ -113,29 +116,49 @@ class MishKernelTestBase:
 
     # float64: correctly rounded to 16 bits, or 4 ulp of float32 (the XLA version's own error).
     x64 = np.asarray(x, np.float64)
-    _assert_ulp_close(
-        y, _mish64(x64).astype(dtype), 4 if dtype == jnp.float32 else 1, "vs float64"
-    )
+    _assert_ulp_close(y, _mish64(x64).astype(dtype), 4 if dtype == jnp.float32 else 1, "vs float64")
     tol = {jnp.float32: 2e-6, jnp.bfloat16: 1e-2, jnp.float16: 2e-3}[dtype]
     np.testing.assert_allclose(
-        np.asarray(dx, np.float64), _mish_grad64(x64) * np.asarray(g, np.float64),
-        rtol=tol, atol=tol,
+      np.asarray(dx, np.float64),
+      _mish_grad64(x64) * np.asarray(g, np.float64),
+      rtol=tol,
+      atol=tol,
     )
 
   def test_matches_jax_nn_mish(self):
     x = _random((1000,), jnp.float32)
     np.testing.assert_allclose(self._mish(x), jax.nn.mish(x), rtol=2e-6, atol=1e-30)
     np.testing.assert_allclose(
-        jax.grad(lambda v: self._mish(v).sum())(x),
-        jax.grad(lambda v: jax.nn.mish(v).sum())(x),
-        rtol=1e-5, atol=1e-6,
+      jax.grad(lambda v: self._mish(v).sum())(x),
+      jax.grad(lambda v: jax.nn.mish(v).sum())(x),
+      rtol=1e-5,
+      atol=1e-6,
     )
 
   def test_special_values(self):
     x = jnp.array(
-        [-jnp.inf, -3e38, -1e4, -150.0, -104.0, -90.0, -20.0, -1.0, -0.0, 0.0, 1e-30, 1.0, 19.9,
-         20.0, 20.5, 100.0, 3e38, jnp.inf, jnp.nan],
-        jnp.float32,
+      [
+        -jnp.inf,
+        -3e38,
+        -1e4,
+        -150.0,
+        -104.0,
+        -90.0,
+        -20.0,
+        -1.0,
+        -0.0,
+        0.0,
+        1e-30,
+        1.0,
+        19.9,
+        20.0,
+        20.5,
+        100.0,
+        3e38,
+        jnp.inf,
+        jnp.nan,
+      ],
+      jnp.float32,
     )
     y = np.asarray(self._mish(x))
     dx = np.asarray(jax.vmap(jax.grad(self._mish))(x))
@@ -174,14 +197,14 @@ class MishKernelTestBase:
     np.testing.assert_array_equal(self._mish(jnp.float32(1.0)), activations.mish(1.0))
 
   @pytest.mark.parametrize(
-      "x, kwargs, error",
-      [
-          (np.ones(3, np.complex64), {}, TypeError),
-          (np.ones(3, np.int32), {}, TypeError),
-          (np.ones(3, np.float32), {"block_size": 100}, ValueError),
-          (np.ones(3, np.float32), {"block_size": 64}, ValueError),
-          (np.ones(3, np.float32), {"backend": "cuda"}, ValueError),
-      ],
+    "x, kwargs, error",
+    [
+      (np.ones(3, np.complex64), {}, TypeError),
+      (np.ones(3, np.int32), {}, TypeError),
+      (np.ones(3, np.float32), {"block_size": 100}, ValueError),
+      (np.ones(3, np.float32), {"block_size": 64}, ValueError),
+      (np.ones(3, np.float32), {"backend": "cuda"}, ValueError),
+    ],
   )
   def test_bad_arguments(self, x, kwargs, error):
     with pytest.raises(error):
@@ -201,12 +224,12 @@ class TestMishKernelInterpret(MishKernelTestBase):
 
     x = jnp.ones((4, 128), jnp.float32)
     y = pl.pallas_call(
-        write_first_block_only,
-        out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
-        grid=(2,),
-        in_specs=[pl.BlockSpec((2, 128), lambda i: (i, 0))],
-        out_specs=pl.BlockSpec((2, 128), lambda i: (i, 0)),
-        interpret=True,
+      write_first_block_only,
+      out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
+      grid=(2,),
+      in_specs=[pl.BlockSpec((2, 128), lambda i: (i, 0))],
+      out_specs=pl.BlockSpec((2, 128), lambda i: (i, 0)),
+      interpret=True,
     )(x)
     assert not np.isnan(y[:2]).any() and np.isnan(y[2:]).all()
 
@@ -256,17 +279,23 @@ class LinearMishKernelTestBase:
     return linear_mish_kernels.linear_mish(*args, interpret=self.interpret, **kwargs)
 
   @pytest.mark.parametrize(
-      "x_shape, n, backend, dtype",
-      [
-          (x_shape, n, backend, dtype)
-          for x_shape, n in [((1, 1), 1), ((5, 7), 3), ((130, 200), 260), ((128, 64), 128),
-                             ((2, 3, 17), 33)]
-          for backend, dtype in [("mosaic_gpu", jnp.float32), ("mosaic_gpu", jnp.bfloat16)]
-      ] + [
-          ((130, 200), 260, "triton", jnp.float32),
-          ((2, 3, 17), 33, "triton", jnp.float16),
-      ],
-      ids=lambda v: jnp.dtype(v).name if isinstance(v, type) else str(v),
+    "x_shape, n, backend, dtype",
+    [
+      (x_shape, n, backend, dtype)
+      for x_shape, n in [
+        ((1, 1), 1),
+        ((5, 7), 3),
+        ((130, 200), 260),
+        ((128, 64), 128),
+        ((2, 3, 17), 33),
+      ]
+      for backend, dtype in [("mosaic_gpu", jnp.float32), ("mosaic_gpu", jnp.bfloat16)]
+    ]
+    + [
+      ((130, 200), 260, "triton", jnp.float32),
+      ((2, 3, 17), 33, "triton", jnp.float16),
+    ],
+    ids=lambda v: jnp.dtype(v).name if isinstance(v, type) else str(v),
   )
   def test_forward_and_gradients_match_unfused(self, x_shape, n, backend, dtype):
     x, kernel, bias, g = _linear_operands(x_shape, n, dtype)
@@ -287,22 +316,23 @@ class LinearMishKernelTestBase:
     # Errors are judged against the gradients' scale with mish' = 1: near mish's minimum,
     # mish'(z) = 0 and a gradient element is all rounding error, in any implementation.
     g64, x64, kernel64 = (
-        np.asarray(a, np.float64).reshape(-1, a.shape[-1]) for a in (g, x, kernel)
+      np.asarray(a, np.float64).reshape(-1, a.shape[-1]) for a in (g, x, kernel)
     )
     scales = (g64 @ kernel64.T, x64.T @ g64, g64.sum(0))
     for name, grad, grad_ref, scale in zip(
-        ("x", "kernel", "bias"), grads, grads_ref, scales, strict=True
+      ("x", "kernel", "bias"), grads, grads_ref, scales, strict=True
     ):
       assert grad.dtype == grad_ref.dtype and grad.shape == grad_ref.shape, name
       error = np.linalg.norm(np.asarray(grad, np.float64) - np.asarray(grad_ref, np.float64))
-      assert error <= 2 * tol * max(np.linalg.norm(np.asarray(grad_ref, np.float64)),
-                                    np.linalg.norm(scale)), name
+      assert error <= 2 * tol * max(
+        np.linalg.norm(np.asarray(grad_ref, np.float64)), np.linalg.norm(scale)
+      ), name
 
   def test_without_bias(self):
     x, kernel, _, _ = _linear_operands((6, 10), 20, jnp.float32)
     y = self._linear_mish(x, kernel)
     np.testing.assert_allclose(
-        y, linear_mish_kernels.linear_mish_reference(x, kernel), rtol=1e-6, atol=1e-6
+      y, linear_mish_kernels.linear_mish_reference(x, kernel), rtol=1e-6, atol=1e-6
     )
 
   def test_small_blocks_many_k_steps(self):
@@ -316,39 +346,42 @@ class LinearMishKernelTestBase:
     reference = linear_mish_kernels.linear_mish_reference
     # Shared weights fold the batch into M; batched weights loop over the batch.
     np.testing.assert_allclose(
-        jax.vmap(fused, (0, None, None))(x, kernel, bias), reference(x, kernel, bias),
-        rtol=1e-5, atol=1e-6,
+      jax.vmap(fused, (0, None, None))(x, kernel, bias),
+      reference(x, kernel, bias),
+      rtol=1e-5,
+      atol=1e-6,
     )
     kernels = jnp.stack([kernel, -kernel, 2 * kernel])
     np.testing.assert_allclose(
-        jax.vmap(fused, (0, 0, None))(x, kernels, bias),
-        jax.vmap(reference, (0, 0, None))(x, kernels, bias),
-        rtol=1e-5, atol=1e-6,
+      jax.vmap(fused, (0, 0, None))(x, kernels, bias),
+      jax.vmap(reference, (0, 0, None))(x, kernels, bias),
+      rtol=1e-5,
+      atol=1e-6,
     )
 
     def loss(fn, x, kernel, bias):
       return jnp.sum(fn(x, kernel, bias) ** 2)
 
     grads = jax.vmap(jax.grad(lambda *a: loss(fused, *a), argnums=(0, 1, 2)), (0, None, None))(
-        x, kernel, bias
+      x, kernel, bias
     )
     grads_ref = jax.vmap(
-        jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2)), (0, None, None)
+      jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2)), (0, None, None)
     )(x, kernel, bias)
     for grad, grad_ref in zip(grads, grads_ref, strict=True):
       assert _relative_error(grad, grad_ref) <= 1e-5
 
   @pytest.mark.parametrize(
-      "x_shape, kernel_shape, bias_shape, kwargs, error",
-      [
-          ((4, 3), (5, 2), (2,), {}, ValueError),
-          ((4, 3), (3,), None, {}, ValueError),
-          ((4, 3), (3, 2), (3,), {}, ValueError),
-          ((4, 3), (3, 2), (2,), {"backend": "cuda"}, ValueError),
-          ((4, 3), (3, 2), (2,), {"block_m": 32}, ValueError),  # wgmma: multiples of 64.
-          ((4, 3), (3, 2), (2,), {"block_k": 512}, ValueError),
-          ((4, 3), (3, 2), (2,), {"backend": "triton", "block_n": 24}, ValueError),
-      ],
+    "x_shape, kernel_shape, bias_shape, kwargs, error",
+    [
+      ((4, 3), (5, 2), (2,), {}, ValueError),
+      ((4, 3), (3,), None, {}, ValueError),
+      ((4, 3), (3, 2), (3,), {}, ValueError),
+      ((4, 3), (3, 2), (2,), {"backend": "cuda"}, ValueError),
+      ((4, 3), (3, 2), (2,), {"block_m": 32}, ValueError),  # wgmma: multiples of 64.
+      ((4, 3), (3, 2), (2,), {"block_k": 512}, ValueError),
+      ((4, 3), (3, 2), (2,), {"backend": "triton", "block_n": 24}, ValueError),
+    ],
   )
   def test_bad_arguments(self, x_shape, kernel_shape, bias_shape, kwargs, error):
     bias = None if bias_shape is None else jnp.ones(bias_shape)
@@ -365,9 +398,9 @@ class LinearMishKernelTestBase:
     assert self._linear_mish(jnp.ones((0, 3)), jnp.ones((3, 2))).shape == (0, 2)
     assert self._linear_mish(jnp.ones((4, 3)), jnp.ones((3, 0))).shape == (4, 0)
     np.testing.assert_allclose(  # K = 0: mish(bias).
-        self._linear_mish(jnp.ones((2, 0)), jnp.ones((0, 3)), jnp.arange(3.0)),
-        jnp.broadcast_to(activations.mish(jnp.arange(3.0)), (2, 3)),
-        rtol=1e-6,
+      self._linear_mish(jnp.ones((2, 0)), jnp.ones((0, 3)), jnp.arange(3.0)),
+      jnp.broadcast_to(activations.mish(jnp.arange(3.0)), (2, 3)),
+      rtol=1e-6,
     )
 
 

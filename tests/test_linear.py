@@ -39,7 +39,7 @@ def _operands(x_shape, n, dtype=jnp.float32, seed=0):
 def _assert_close(actual, expected, dtype):
   tol = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}[dtype]
   np.testing.assert_allclose(
-      np.asarray(actual, np.float32), np.asarray(expected, np.float32), rtol=tol, atol=tol
+    np.asarray(actual, np.float32), np.asarray(expected, np.float32), rtol=tol, atol=tol
   )
 
 
@@ -67,7 +67,7 @@ class LinearMishTestBase:
       return jnp.sum(jnp.sin(fn(x, kernel, bias)))
 
     grads = jax.jit(jax.grad(lambda *a: loss(self._linear_mish, *a), argnums=(0, 1, 2)))(
-        x, kernel, bias
+      x, kernel, bias
     )
     expected = jax.grad(lambda *a: loss(_reference, *a), argnums=(0, 1, 2))(x, kernel, bias)
     for grad, grad_expected in zip(grads, expected, strict=True):
@@ -76,9 +76,10 @@ class LinearMishTestBase:
   def test_vmap(self):
     x, kernel, bias = _operands((4, 3, 10), 6)
     np.testing.assert_allclose(
-        jax.vmap(self._linear_mish, (0, None, None))(x, kernel, bias),
-        _reference(x, kernel, bias),
-        rtol=1e-5, atol=1e-6,
+      jax.vmap(self._linear_mish, (0, None, None))(x, kernel, bias),
+      _reference(x, kernel, bias),
+      rtol=1e-5,
+      atol=1e-6,
     )
 
   def test_integer_inputs_promote_to_float(self):
@@ -87,15 +88,15 @@ class LinearMishTestBase:
     np.testing.assert_allclose(y, activations.mish(jnp.full((2, 4), 3.0)), rtol=1e-6)
 
   @pytest.mark.parametrize(
-      "x_shape, kernel_shape, bias_shape, message",
-      [
-          ((4, 3), (5, 2), (2,), r"x's last dimension \(3\) must equal kernel's in_features \(5\)"),
-          ((4, 3), (3,), None, "kernel must have shape"),
-          ((4, 3), (3, 2, 1), None, "kernel must have shape"),
-          ((), (3, 2), None, "at least one dimension"),
-          ((4, 3), (3, 2), (3,), r"bias must have shape \(out_features,\) = \(2,\)"),
-          ((4, 3), (3, 2), (1, 2), "bias must have shape"),
-      ],
+    "x_shape, kernel_shape, bias_shape, message",
+    [
+      ((4, 3), (5, 2), (2,), r"x's last dimension \(3\) must equal kernel's in_features \(5\)"),
+      ((4, 3), (3,), None, "kernel must have shape"),
+      ((4, 3), (3, 2, 1), None, "kernel must have shape"),
+      ((), (3, 2), None, "at least one dimension"),
+      ((4, 3), (3, 2), (3,), r"bias must have shape \(out_features,\) = \(2,\)"),
+      ((4, 3), (3, 2), (1, 2), "bias must have shape"),
+    ],
   )
   def test_bad_shapes(self, x_shape, kernel_shape, bias_shape, message):
     bias = None if bias_shape is None else jnp.ones(bias_shape)
@@ -114,26 +115,31 @@ class LinearMishTestBase:
     np.testing.assert_array_equal(layer.bias[...], linear.bias[...])
     x = jax.random.normal(jax.random.key(1), (3, 2, 5))
     np.testing.assert_allclose(
-        layer(x), activations.mish(linear(x), implementation="xla"), rtol=1e-5, atol=1e-6
+      layer(x), activations.mish(linear(x), implementation="xla"), rtol=1e-5, atol=1e-6
     )
     # Same parameter names: weights copy across.
     other = nnx.Linear(5, 7, rngs=nnx.Rngs(2))
     nnx.update(layer, nnx.state(other, nnx.Param))
     np.testing.assert_allclose(
-        layer(x), activations.mish(other(x), implementation="xla"), rtol=1e-5, atol=1e-6
+      layer(x), activations.mish(other(x), implementation="xla"), rtol=1e-5, atol=1e-6
     )
 
   def test_mish_linear_options(self):
     layer = MishLinear(
-        4, 3, use_bias=False, dtype=jnp.bfloat16, rngs=nnx.Rngs(0),
-        implementation=self.implementation,
+      4,
+      3,
+      use_bias=False,
+      dtype=jnp.bfloat16,
+      rngs=nnx.Rngs(0),
+      implementation=self.implementation,
     )
     assert layer.bias is None and layer.kernel[...].dtype == jnp.float32
     x = jnp.ones((2, 4), jnp.float32)
     y = layer(x)
     assert y.dtype == jnp.bfloat16 and y.shape == (2, 3)
-    _assert_close(y, _reference(x.astype(jnp.bfloat16), layer.kernel[...].astype(jnp.bfloat16)),
-                  jnp.bfloat16)
+    _assert_close(
+      y, _reference(x.astype(jnp.bfloat16), layer.kernel[...].astype(jnp.bfloat16)), jnp.bfloat16
+    )
 
   def test_training_step_decreases_loss(self):
     class Model(nnx.Module):
@@ -172,7 +178,7 @@ class TestLinearMishPallas(LinearMishTestBase):
 
 
 @pytest.mark.parametrize(
-    "implementation, uses_kernel", [(None, False), ("xla", False), ("pallas", True)]
+  "implementation, uses_kernel", [(None, False), ("xla", False), ("pallas", True)]
 )
 def test_dispatch(implementation, uses_kernel):
   x, kernel, bias = _operands((3, 4), 5)

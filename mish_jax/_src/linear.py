@@ -29,22 +29,22 @@ def _check_operands(x: Array, kernel: Array, bias: Array | None) -> None:
     raise ValueError("x must have at least one dimension, (..., in_features), got a scalar")
   if x.shape[-1] != kernel.shape[0]:
     raise ValueError(
-        f"x's last dimension ({x.shape[-1]}) must equal kernel's in_features "
-        f"({kernel.shape[0]}): got x {x.shape} and kernel {kernel.shape}"
+      f"x's last dimension ({x.shape[-1]}) must equal kernel's in_features "
+      f"({kernel.shape[0]}): got x {x.shape} and kernel {kernel.shape}"
     )
   if bias is not None and bias.shape != (kernel.shape[1],):
     raise ValueError(
-        f"bias must have shape (out_features,) = ({kernel.shape[1]},), got {bias.shape}"
+      f"bias must have shape (out_features,) = ({kernel.shape[1]},), got {bias.shape}"
     )
 
 
 @functools.partial(jax.jit, static_argnames=("implementation",))
 def linear_mish(
-    x: ArrayLike,
-    kernel: ArrayLike,
-    bias: ArrayLike | None = None,
-    *,
-    implementation: str | None = None,
+  x: ArrayLike,
+  kernel: ArrayLike,
+  bias: ArrayLike | None = None,
+  *,
+  implementation: str | None = None,
 ) -> Array:
   """A dense layer followed by Mish: `mish(x @ kernel + bias)`.
 
@@ -105,17 +105,17 @@ class MishLinear(nnx.Module):
   """
 
   def __init__(
-      self,
-      in_features: int,
-      out_features: int,
-      *,
-      use_bias: bool = True,
-      dtype: Dtype | None = None,
-      param_dtype: Dtype = jnp.float32,
-      kernel_init: Initializer = default_kernel_init,
-      bias_init: Initializer = default_bias_init,
-      rngs: nnx.Rngs,
-      implementation: str | None = None,
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    use_bias: bool = True,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    kernel_init: Initializer = default_kernel_init,
+    bias_init: Initializer = default_bias_init,
+    rngs: nnx.Rngs,
+    implementation: str | None = None,
   ):
     """Creates the parameters.
 
@@ -159,6 +159,6 @@ class MishLinear(nnx.Module):
     kernel = self.kernel[...]
     bias = self.bias[...] if self.bias is not None else None
     inputs, kernel, bias = dtypes.promote_dtype(
-        (jnp.asarray(inputs), kernel, bias), dtype=self.dtype
+      (jnp.asarray(inputs), kernel, bias), dtype=self.dtype
     )
     return linear_mish(inputs, kernel, bias, implementation=self.implementation)
