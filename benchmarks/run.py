@@ -28,7 +28,7 @@ import traceback
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 if not __package__:  # Run as a script: import `benchmarks` (and `experiments`) from the repo.
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 import mish_jax
 from benchmarks import elementwise, fused, memory, report, timing, training_cost
+from experiments import cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("elementwise", "fused", "training", "memory")
@@ -162,27 +163,9 @@ def environment(argv: Sequence[str], allocator: str | None) -> dict[str, Any]:
   }
 
 
-class _Parser(argparse.ArgumentParser):
-  """Reports a usage error as one line on stderr, then exits with status 2."""
-
-  def error(self, message: str) -> NoReturn:
-    self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
-
-
-def _sections(text: str) -> tuple[str, ...]:
-  names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
-  unknown = [name for name in names if name not in SECTIONS]
-  if unknown or not names:
-    raise argparse.ArgumentTypeError(
-      f"unknown section {', '.join(map(repr, unknown)) or '(none given)'}: "
-      f"choose from {','.join(SECTIONS)}"
-    )
-  return names
-
-
 def make_parser() -> argparse.ArgumentParser:
   """The command line, with every flag explained in --help."""
-  parser = _Parser(
+  parser = cli.ArgumentParser(
     prog="python benchmarks/run.py",
     description=__doc__,
     formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -205,7 +188,7 @@ def make_parser() -> argparse.ArgumentParser:
   )
   parser.add_argument(
     "--sections",
-    type=_sections,
+    type=cli.names_from(SECTIONS, "section"),
     default=SECTIONS,
     help=f"comma-separated sections to run, from {','.join(SECTIONS)} (default: all)",
   )

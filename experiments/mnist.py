@@ -38,7 +38,7 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 if __package__ in (None, ""):
   # Run as `python experiments/mnist.py`: make `experiments.*` importable as with `python -m`.
@@ -48,7 +48,7 @@ import jax  # noqa: E402  (after the path fix above)
 import numpy as np  # noqa: E402
 
 import mish_jax  # noqa: E402
-from experiments import data, training  # noqa: E402
+from experiments import cli, data, training  # noqa: E402
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 # Measured on a 2-core CPU, see the module docstring.
@@ -70,47 +70,9 @@ PLOTS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-  """Reports a usage error as one line on stderr, then exits with status 2."""
-
-  def error(self, message: str) -> NoReturn:
-    self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
-
-
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
-  return value
-
-
-def _positive_float(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-  if not value > 0 or not math.isfinite(value):
-    raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-  return value
-
-
-def _activations(text: str) -> tuple[str, ...]:
-  names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
-  unknown = [name for name in names if name not in mish_jax.ACTIVATIONS]
-  if unknown or not names:
-    raise argparse.ArgumentTypeError(
-      f"unknown activation {', '.join(map(repr, unknown)) or '(none given)'}: "
-      f"choose from {', '.join(mish_jax.ACTIVATIONS)}"
-    )
-  return names
-
-
 def make_parser() -> argparse.ArgumentParser:
   """The command line, with every flag explained in --help."""
-  parser = _Parser(
+  parser = cli.ArgumentParser(
     prog="python experiments/mnist.py",
     description=__doc__.split("\n\n")[0],
     epilog=(
@@ -120,38 +82,38 @@ def make_parser() -> argparse.ArgumentParser:
   )
   parser.add_argument(
     "--activations",
-    type=_activations,
+    type=cli.names_from(mish_jax.ACTIVATIONS, "activation"),
     default=DEFAULT_ACTIVATIONS,
     help=f"comma-separated activations to compare, from {', '.join(mish_jax.ACTIVATIONS)} "
     f"(default: {','.join(DEFAULT_ACTIVATIONS)}); p-values are against {BASELINE}",
   )
   parser.add_argument(
     "--seeds",
-    type=_positive_int,
+    type=cli.positive_int,
     default=DEFAULT_SEEDS,
     help=f"runs per activation, with seeds 0..N-1 (default: {DEFAULT_SEEDS})",
   )
   parser.add_argument(
     "--epochs",
-    type=_positive_int,
+    type=cli.positive_int,
     default=DEFAULTS.epochs,
     help="epochs per run (default: %(default)s)",
   )
   parser.add_argument(
     "--batch-size",
-    type=_positive_int,
+    type=cli.positive_int,
     default=DEFAULTS.batch_size,
     help="global batch size, divisible by the device count (default: %(default)s)",
   )
   parser.add_argument(
     "--learning-rate",
-    type=_positive_float,
+    type=cli.positive_float,
     default=DEFAULTS.learning_rate,
     help="peak learning rate of Adam's warmup + cosine schedule (default: %(default)s)",
   )
   parser.add_argument(
     "--train-limit",
-    type=_positive_int,
+    type=cli.positive_int,
     default=None,
     help="train on the first N training images only (default: all 60,000); the test set "
     "stays whole",
@@ -196,7 +158,10 @@ def make_parser() -> argparse.ArgumentParser:
     "--coordinator-address", default=None, help="with --distributed: HOST:PORT of process 0"
   )
   parser.add_argument(
-    "--num-processes", type=_positive_int, default=None, help="with --distributed: how many hosts"
+    "--num-processes",
+    type=cli.positive_int,
+    default=None,
+    help="with --distributed: how many hosts",
   )
   parser.add_argument(
     "--process-id",

@@ -30,7 +30,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import Any
 
 if __package__ in (None, ""):
   # Run as `python experiments/paper.py`: make `experiments.*` importable as with `python -m`.
@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import mish_jax  # noqa: E402
-from experiments import data, training  # noqa: E402
+from experiments import cli, data, training  # noqa: E402
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("depth", "noise", "landscape")
@@ -156,35 +156,6 @@ def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
 # The command line
 
 
-class _Parser(argparse.ArgumentParser):
-  """Reports a usage error as one line on stderr, then exits with status 2."""
-
-  def error(self, message: str) -> NoReturn:
-    self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
-
-
-def _activations(text: str) -> tuple[str, ...]:
-  names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
-  unknown = [name for name in names if name not in mish_jax.ACTIVATIONS]
-  if unknown or not names:
-    raise argparse.ArgumentTypeError(
-      f"unknown activation {', '.join(map(repr, unknown)) or '(none given)'}: "
-      f"choose from {', '.join(mish_jax.ACTIVATIONS)}"
-    )
-  return names
-
-
-def _experiments(text: str) -> tuple[str, ...]:
-  names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
-  unknown = [name for name in names if name not in EXPERIMENTS]
-  if unknown or not names:
-    raise argparse.ArgumentTypeError(
-      f"unknown experiment {', '.join(map(repr, unknown)) or '(none given)'}: "
-      f"choose from {', '.join(EXPERIMENTS)}"
-    )
-  return names
-
-
 def _module(name: str) -> ModuleType:
   # Imported on use: the experiment modules import this one for the helpers above.
   return importlib.import_module(f"experiments.{name}")
@@ -197,7 +168,7 @@ def make_parser(prog: str, names: Sequence[str]) -> argparse.ArgumentParser:
     + "\n".join(f"    {name}: {_module(name).PROTOCOLS[protocol].describe()}" for name in names)
     for protocol in PROTOCOL_NAMES
   )
-  parser = _Parser(
+  parser = cli.ArgumentParser(
     prog=prog,
     description=__doc__.split("\n\n")[0] if len(names) > 1 else _module(names[0]).__doc__,
     formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -220,13 +191,13 @@ def make_parser(prog: str, names: Sequence[str]) -> argparse.ArgumentParser:
   if len(names) > 1:
     parser.add_argument(
       "--only",
-      type=_experiments,
+      type=cli.names_from(EXPERIMENTS, "experiment"),
       default=tuple(names),
       help=f"comma-separated experiments to run (default: {','.join(names)})",
     )
   parser.add_argument(
     "--activations",
-    type=_activations,
+    type=cli.names_from(mish_jax.ACTIVATIONS, "activation"),
     default=DEFAULT_ACTIVATIONS,
     help=f"comma-separated activations, from {', '.join(mish_jax.ACTIVATIONS)} "
     f"(default: {','.join(DEFAULT_ACTIVATIONS)}); the claims need mish and at least one other",
