@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -59,3 +60,21 @@ def names_from(choices: Sequence[str], what: str) -> Callable[[str], tuple[str, 
     return names
 
   return parse
+
+
+def prepare_out(parser: argparse.ArgumentParser, out: Path, resume: bool) -> None:
+  """Creates `out`, checks that it is writable and refuses to mix a new run into an old one.
+
+  Every problem is a usage error of `parser` (one line, exit status 2).
+  """
+  if out.exists() and not out.is_dir():
+    parser.error(f"--out {out} is a file, not a folder")
+  if not resume and out.exists() and any(out.iterdir()):
+    parser.error(f"--out {out} is not empty: pass --resume to continue its run, or another --out")
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / ".write-test"
+    probe.write_text("")
+    probe.unlink()
+  except OSError as err:
+    parser.error(f"--out {out} is not writable: {err.strerror or err}")

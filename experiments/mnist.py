@@ -172,19 +172,6 @@ def make_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _prepare_out(parser: argparse.ArgumentParser, out: Path, resume: bool) -> None:
-  """Creates `out`, checks that it is writable and refuses to mix a new run into an old one."""
-  if not resume and out.exists() and any(out.iterdir()):
-    parser.error(f"--out {out} is not empty: pass --resume to continue its run, or another --out")
-  try:
-    out.mkdir(parents=True, exist_ok=True)
-    probe = out / ".write-test"
-    probe.write_text("")
-    probe.unlink()
-  except OSError as err:
-    parser.error(f"--out {out} is not writable: {err.strerror or err}")
-
-
 # --------------------------------------------------------------------------------------------------
 # The report
 
@@ -415,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.train_limit is not None and args.train_limit < args.batch_size:
     parser.error(f"--train-limit {args.train_limit} is smaller than --batch-size {args.batch_size}")
   out = args.out or _REPO_ROOT / "runs" / datetime.datetime.now().strftime("mnist-%Y%m%d-%H%M%S")
-  _prepare_out(parser, out, args.resume or jax.process_index() > 0)  # process 0 checks
+  cli.prepare_out(parser, out, args.resume or jax.process_index() > 0)  # process 0 checks
   try:
     dataset = data.load(args.dataset, data_dir=args.data_dir, train_limit=args.train_limit)
   except data.DataError as err:

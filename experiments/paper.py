@@ -226,21 +226,6 @@ def make_parser(prog: str, names: Sequence[str]) -> argparse.ArgumentParser:
   return parser
 
 
-def _prepare_out(parser: argparse.ArgumentParser, out: Path, resume: bool) -> None:
-  """Creates `out`, checks that it is writable and refuses to mix a new run into an old one."""
-  if out.exists() and not out.is_dir():
-    parser.error(f"--out {out} is a file, not a folder")
-  if not resume and out.exists() and any(out.iterdir()):
-    parser.error(f"--out {out} is not empty: pass --resume to continue its run, or another --out")
-  try:
-    out.mkdir(parents=True, exist_ok=True)
-    probe = out / ".write-test"
-    probe.write_text("")
-    probe.unlink()
-  except OSError as err:
-    parser.error(f"--out {out} is not writable: {err.strerror or err}")
-
-
 # --------------------------------------------------------------------------------------------------
 # Running and collating
 
@@ -394,7 +379,7 @@ def main(
   out = args.out or _REPO_ROOT / "runs" / datetime.datetime.now().strftime(
     f"paper-{protocol}-%Y%m%d-%H%M%S"
   )
-  _prepare_out(parser, out, args.resume)
+  cli.prepare_out(parser, out, args.resume)
   dataset = None
   if any(_module(name).NEEDS_DATA for name in only):
     try:
