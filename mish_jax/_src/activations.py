@@ -13,11 +13,29 @@ from jax.typing import ArrayLike
 from mish_jax._src.dispatch import resolve_implementation
 
 # Past `_HIGH[dtype]`, tanh(softplus(x)) rounds to 1 and 4x e^{-2x}, the derivative's correction,
-# is below half an ulp of 1; below `_LOW[dtype]`, e^x underflows to 0. Clipping to [low, high]
-# keeps every intermediate finite, so `jnp.where` never meets an inf or NaN, in value or in any
-# derivative.
+# is below half an ulp of 1; below `_LOW[dtype]`, e^x is 0 (float32: `_exp_float32` makes it so).
+# Clipping to [low, high] keeps every intermediate finite, so `jnp.where` never meets an inf or NaN,
+# in value or in any derivative.
 _HIGH = {jnp.dtype(jnp.float32): 20.0, jnp.dtype(jnp.float64): 40.0}
-_LOW = {jnp.dtype(jnp.float32): -150.0, jnp.dtype(jnp.float64): -800.0}
+_LOW = {jnp.dtype(jnp.float32): -88.0, jnp.dtype(jnp.float64): -800.0}
+# bfloat16 halves x before its exp: e^(x/2) is still normal at -150, where mish rounds to 0.
+_BFLOAT16_LOW = -150.0
+
+# e^x = 2^k e^r, k = round(x / ln 2): ln 2 in two parts (Cody and Waite), the high one exact in 8
+# bits so that k ln2_hi is exact; and Cephes' expf polynomial for (e^r - 1 - r) / r^2, |r| <= ln2/2.
+_LOG2_E = 1.4426950408889634
+_LN2_HI = 0.693359375
+_LN2_LO = -2.12194440e-4
+_EXP_POLYNOMIAL = (
+  1.9875691500e-4,
+  1.3981999507e-3,
+  8.3334519073e-3,
+  4.1665795894e-2,
+  1.6666665459e-1,
+  5.0000001201e-1,
+)
+# k + 1.5 * 2^23 + 127 keeps k + 127 in its low mantissa bits, exactly, for |k| < 2^22.
+_EXPONENT_BIAS_SHIFTER = 1.5 * 2.0**23 + 127
 
 
 def _as_inexact(x: ArrayLike, name: str) -> Array:
@@ -35,21 +53,39 @@ def _compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
   return jnp.dtype(jnp.float64) if dtype == jnp.float64 else jnp.dtype(jnp.float32)
 
 
-def _tanh_softplus_parts(x: Array) -> tuple[Array, Array, Array]:
-  """Returns `(x_c, t, n)`: x clipped, t = e^x_c, n = t (t + 2); tanh(softplus(x)) = n / (n + 2).
+def _exp_float32(x: Array) -> Array:
+  """e^x for float32 x in [-88, 20]: 0 where x < -87.68, so -88 gives exactly 0.
 
-  One exp per element: tanh(log(1 + t)) = ((1 + t)^2 - 1) / ((1 + t)^2 + 1).
+  XLA's CPU exp spends about half its instructions on clamps and a saturating float-to-int
+  conversion that the clip before it makes redundant; without them the Mish forward pass runs
+  faster than `jax.nn.silu`. Accurate to 1 ulp on the range, as XLA's own.
   """
-  # min/max rather than jnp.clip: XLA's CPU clamp is measurably slower here.
-  x_c = jnp.maximum(jnp.minimum(x, _HIGH[x.dtype]), _LOW[x.dtype])
-  t = jnp.exp(x_c)
-  return x_c, t, t * (t + 2)
+  k = jnp.round(x * _LOG2_E)
+  r = x - k * _LN2_HI - k * _LN2_LO
+  polynomial = functools.reduce(lambda total, c: total * r + c, _EXP_POLYNOMIAL)
+  exp_r = polynomial * (r * r) + r + 1
+  # 2^k from exponent bits, k + 127 in [0, 156]; at k = -127 the bits are those of +0.0.
+  biased_k = lax.bitcast_convert_type(k + _EXPONENT_BIAS_SHIFTER, jnp.int32)
+  return exp_r * lax.bitcast_convert_type(biased_k << 23, jnp.float32)
+
+
+def _tanh_softplus_parts(x: Array) -> tuple[Array, Array, Array]:
+  """Returns `(x_low, t, n)`: x_low = max(x, low), t = e^min(x_low, high), n = t (t + 2).
+
+  tanh(softplus(x)) = n / (n + 2), with one exp per element: tanh(log(1 + t)) =
+  ((1 + t)^2 - 1) / ((1 + t)^2 + 1).
+  """
+  x_low = jnp.maximum(x, _LOW[x.dtype])
+  x_c = jnp.minimum(x_low, _HIGH[x.dtype])
+  t = _exp_float32(x_c) if x.dtype == jnp.float32 else jnp.exp(x_c)
+  return x_low, t, t * (t + 2)
 
 
 def _mish_xla(x: Array) -> Array:
   """Mish in `x.dtype` (float32 or float64)."""
-  x_c, _, n = _tanh_softplus_parts(x)
-  return jnp.where(x > _HIGH[x.dtype], x, x_c * (n / (n + 2)))
+  # Past `_HIGH`, n / (n + 2) is exactly 1, so mish(x) = x with no select, +inf included.
+  x_low, _, n = _tanh_softplus_parts(x)
+  return x_low * (n / (n + 2))
 
 
 def _times_power_of_two(x: Array, exponent: int) -> Array:
@@ -71,7 +107,7 @@ def _mish_bfloat16(x: Array) -> Array:
   """
   bits = lax.bitcast_convert_type(x, jnp.uint16)
   x32 = x.astype(jnp.float32)
-  x_c = jnp.maximum(jnp.minimum(x32, _HIGH[x32.dtype]), _LOW[x32.dtype])
+  x_c = jnp.maximum(jnp.minimum(x32, _HIGH[x32.dtype]), _BFLOAT16_LOW)
   h = jnp.exp(x_c / 2)
   t = h * h
   abs_x_h = -x_c * h  # |x| e^(x/2) where x < 0, the only place it is used
@@ -188,7 +224,8 @@ def mish_grad(x: ArrayLike) -> Array:
 
 @jax.custom_jvp
 def _mish_grad(x: Array) -> Array:
-  x_c, t, n = _tanh_softplus_parts(x)
+  x_low, t, n = _tanh_softplus_parts(x)
+  x_c = jnp.minimum(x_low, _HIGH[x.dtype])
   d = n + 2
   # One division, over d^2 (at most e^80 after the clip, finite in float32); a shared reciprocal
   # would split XLA's loop fusion in two on CPU.
