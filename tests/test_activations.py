@@ -70,6 +70,16 @@ class TestAccuracy:
     relative_error = np.abs(actual[where] - expected[where]) / np.abs(expected[where])
     assert relative_error.max() <= 6e-7, x[where][relative_error.argmax()]
 
+  def test_float32_tiny_results_down_to_where_e_to_the_x_leaves_the_normal_range(self):
+    # Below the sweep's 1e-30 bar: e^x is a normal float32 down to -87.3 (CPUs flush what is
+    # below), and the exp's scale 2^k is built from exponent bits, exactly 0 from -88 on.
+    x = np.linspace(-87.3, -70, 100_001, dtype=np.float32)
+    expected = mish_reference(x)
+    relative_error = np.abs(np.asarray(mish_jax.mish(x), np.float64) - expected) / -expected
+    assert relative_error.max() <= 6e-7, x[relative_error.argmax()]
+    far_below = np.array([-88, -88.5, -150, -1e30, -np.finfo(np.float32).max], np.float32)
+    np.testing.assert_array_equal(np.asarray(mish_jax.mish(far_below)).view(np.uint32), 2**31)
+
   @pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16], ids=["bfloat16", "float16"])
   def test_half_precision_within_one_ulp_of_correctly_rounded(self, dtype):
     x = every_finite(dtype)
