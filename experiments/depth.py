@@ -501,9 +501,7 @@ def plot(results: Mapping[str, Any], path: Path) -> None:
   )
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  training.save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

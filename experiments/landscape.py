@@ -416,9 +416,7 @@ def plot_images(results: Mapping[str, Any], protocol: Protocol, path: Path) -> N
       ax.set_title(title, fontsize=9)
       ax.set_xticks([])
       ax.set_yticks([])
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  training.save_figure(fig, path, dpi=100)
 
 
 def plot_roughness(results: Mapping[str, Any], path: Path) -> None:
@@ -437,9 +435,7 @@ def plot_roughness(results: Mapping[str, Any], path: Path) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
   fig.suptitle(f"Output landscape roughness (protocol {results['protocol']['name']})")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  training.save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

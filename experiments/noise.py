@@ -419,9 +419,7 @@ def plot_curves(results: Mapping[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
   acc_ax.legend(fontsize=8)
   fig.suptitle(f"Input noise (protocol {results['protocol']['name']})")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  training.save_figure(fig, path)
 
 
 def plot_examples(
@@ -433,9 +431,7 @@ def plot_examples(
     ax.imshow(noisy(dataset.test_images[:1], sigma, eps[:1])[0, ..., 0], cmap="gray")
     ax.set_title(f"sigma {sigma:g}", fontsize=8)
     ax.axis("off")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  training.save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

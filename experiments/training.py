@@ -132,17 +132,16 @@ def cnn(
     height, width, channels = height // 2, width // 2, out
   if dropout[0]:
     layers.append(nnx.Dropout(dropout[0], rngs=rngs))
-  layers += [
-    flatten,
-    nnx.Linear(height * width * channels, dense, use_bias=not batch_norm, rngs=rngs),
-  ]
-  if batch_norm:
-    layers.append(nnx.BatchNorm(dense, rngs=rngs))
-  layers.append(activation)
-  if dropout[1]:
-    layers.append(nnx.Dropout(dropout[1], rngs=rngs))
-  layers.append(nnx.Linear(dense, num_classes, rngs=rngs))
-  return nnx.Sequential(*layers)
+  head = mlp(
+    activation,
+    rngs=rngs,
+    input_shape=(height, width, channels),
+    num_classes=num_classes,
+    hidden=(dense,),
+    dropout=dropout[1],
+    batch_norm=batch_norm,
+  )
+  return nnx.Sequential(*layers, *head.layers)
 
 
 def mlp(
@@ -1018,9 +1017,10 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
   return "\n".join(lines)
 
 
-def _save(fig: plt.Figure, path: str | os.PathLike[str]) -> None:
+def save_figure(fig: plt.Figure, path: str | os.PathLike[str], dpi: int = 120) -> None:
+  """Lays out `fig`, writes it to `path` and closes it."""
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=dpi)
   plt.close(fig)
 
 
@@ -1045,7 +1045,7 @@ def plot_learning_curves(runs: Sequence[Mapping[str, Any]], path: str | os.PathL
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
   axes[0].legend()
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def plot_class_counts(dataset: data.Dataset, path: str | os.PathLike[str]) -> None:
@@ -1058,7 +1058,7 @@ def plot_class_counts(dataset: data.Dataset, path: str | os.PathLike[str]) -> No
   ax.set_xticks(positions, dataset.class_names, rotation=45 if dataset.num_classes > 10 else 0)
   ax.set(title=f"{dataset.name}: examples per class", xlabel="class", ylabel="examples")
   ax.legend()
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def plot_confusion_matrices(
@@ -1081,7 +1081,7 @@ def plot_confusion_matrices(
     ax.set_yticks(ticks, class_names, fontsize=7)
     ax.set(title=f"{activation} (sum of {len(group)} seeds)", xlabel="predicted", ylabel="true")
     fig.colorbar(image, ax=ax, fraction=0.046, label="errors")
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def plot_activations(names: Sequence[str], path: str | os.PathLike[str]) -> None:
@@ -1098,4 +1098,4 @@ def plot_activations(names: Sequence[str], path: str | os.PathLike[str]) -> None
     ax.axhline(0, color="gray", lw=0.5)
     ax.grid(alpha=0.3)
     ax.legend()
-  _save(fig, path)
+  save_figure(fig, path)
