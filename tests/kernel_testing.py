@@ -65,3 +65,22 @@ def mish_grad64(x: np.ndarray) -> np.ndarray:
 def random_array(shape, dtype, seed: int = 0, scale: float = 4.0) -> jax.Array:
   """Normal samples that reach past both clips (-20 < x < 20 mostly, tails beyond)."""
   return (scale * jax.random.normal(jax.random.key(seed), shape, jnp.float32)).astype(dtype)
+
+
+def cuda_module_text(fn, *args) -> str:
+  """The StableHLO text of `jax.jit(fn)(*args)` lowered for CUDA, on any host.
+
+  `jax.export` runs the whole Pallas to Mosaic GPU lowering without a GPU, so a kernel that a
+  GPU would refuse to compile for its shapes, layouts or block sizes fails here already.
+  """
+  args = [jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)) for a in args]
+  return jax.export.export(jax.jit(fn), platforms=("cuda",))(*args).mlir_module()
+
+
+def assert_lowers_to_mosaic_gpu(fn, *args) -> str:
+  """Lowers `fn(*args)` for CUDA and asserts the module holds a Mosaic GPU custom call."""
+  text = cuda_module_text(fn, *args)
+  assert "stablehlo.custom_call @mosaic_gpu" in text, (
+    f"no Mosaic GPU kernel in the lowering of {fn}"
+  )
+  return text
