@@ -35,14 +35,25 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.typing import ArrayLike
 
-from .mish import (
-  check_backend,
-  check_dtype,
-  compiler_params,
-  mish_backward,
-  mish_f32,
-  mish_reference,
-)
+from .mish import check_dtype, mish_backward, mish_f32, mish_reference
+
+_BACKENDS = ("mosaic_gpu", "triton")
+
+
+def check_backend(backend: str) -> None:
+  """Raises ValueError unless `backend` is one of `_BACKENDS`."""
+  if backend not in _BACKENDS:
+    raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+
+
+def compiler_params(backend: str, **kwargs) -> pl.CompilerParams:
+  """The `CompilerParams` whose type selects the `backend` lowering."""
+  if backend == "triton":
+    from jax.experimental.pallas import triton as pltriton
+
+    return pltriton.CompilerParams(**kwargs)
+  return plgpu.CompilerParams(**kwargs)
+
 
 # (block_m, block_n, block_k) by backend and operand bytes. Mosaic GPU: wgmma wants block_m a
 # multiple of 64 and a 128-byte swizzled K tile (64 16-bit or 32 32-bit values); with two
@@ -286,11 +297,19 @@ def _linear_mish_bwd(
   config: _Config, residuals: tuple[Array, Array, Array], g: Array
 ) -> tuple[Array, Array, Array]:
   x, w, z = residuals
-  gz = mish_backward(z, g, interpret=config.interpret, backend=config.backend)
+  gz = mish_backward(z, g, interpret=config.interpret)
   dx = jnp.dot(gz, w.T, preferred_element_type=jnp.float32).astype(x.dtype)
   dw = jnp.dot(x.T, gz, preferred_element_type=jnp.float32).astype(w.dtype)
   db = jnp.sum(gz, axis=0, dtype=jnp.float32)
   return dx, dw, db
+
+
+def linear_mish_forward(
+  x: Array, w: Array, b: Array, *, config: _Config, interpret: bool, save_z: bool
+) -> Array | tuple[Array, Array]:
+  """The raw fused forward on `x: (M, K)`, `w: (K, N)`, float32 `b: (N,)`: y, or (y, z)."""
+  config = config._replace(interpret=interpret)
+  return _batched_call(x, w, b, config, save_z=save_z)
 
 
 # 4. The `custom_vjp` public function.
