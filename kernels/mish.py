@@ -94,6 +94,10 @@ def _mish_fwd_kernel(x_ref, y_ref):
   y_ref[...] = mish_f32(x_ref[...].astype(jnp.float32)).astype(y_ref.dtype)
 
 
+def _mish_derivative_kernel(x_ref, dy_dx_ref):
+  dy_dx_ref[...] = mish_grad_f32(x_ref[...].astype(jnp.float32)).astype(dy_dx_ref.dtype)
+
+
 def _mish_bwd_kernel(x_ref, g_ref, dx_ref):
   x = x_ref[...].astype(jnp.float32)
   g = g_ref[...].astype(jnp.float32)
@@ -222,6 +226,25 @@ def mish_backward(
     interpret=interpret,
     backend=backend,
     name="mish_bwd",
+  )
+
+
+def mish_derivative(
+  x: Array,
+  *,
+  block_size: int = DEFAULT_BLOCK_SIZE,
+  interpret: bool = False,
+  backend: str = "mosaic_gpu",
+) -> Array:
+  """mish'(x) by the derivative kernel, in `x.dtype`: the slope for forward-mode rules."""
+  return _elementwise(
+    _mish_derivative_kernel,
+    x,
+    out_dtype=x.dtype,
+    block_size=block_size,
+    interpret=interpret,
+    backend=backend,
+    name="mish_derivative",
   )
 
 
