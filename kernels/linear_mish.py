@@ -1,264 +1,287 @@
-"""Fused `mish(x @ kernel + bias)`: one Pallas kernel, float32 accumulation, Mish in the epilogue.
+"""Fused `mish(x @ kernel + bias)` for Hopper GPUs, in Mosaic GPU's kernel style.
 
-Two kernels share one epilogue:
+One kernel, `_linear_mish_kernel`, computes one `(tile_m, tile_n)` output tile per program of a
+`(M / tile_m, N / tile_n)` grid. It runs a `max_concurrent_steps`-stage pipeline over K: TMA
+copies fill a ring of swizzled shared-memory slots for the x and weight tiles, each slot guarded
+by a barrier, while `wgmma` accumulates the slot loaded before into a float32 register
+accumulator. The epilogue adds the bias, applies Mish to the float32 accumulator and stores the
+tile once (and the pre-activation z too, for the backward pass). There is no second, simplified
+kernel: `interpret=True` runs this very kernel under Mosaic GPU interpret mode, which simulates
+shared memory, the TMA copies, barriers and `wgmma` on the CPU.
 
-* `backend="mosaic_gpu"` (JAX's default GPU lowering): a `(m, n, k)` grid whose last axis is
-  sequential. Mosaic GPU pipelines the `(block_m, block_k)` and `(block_k, block_n)` tiles into
-  shared memory with TMA and accumulates them with Hopper's `wgmma` into a float32 register
-  accumulator; the last `k` step adds the bias, applies Mish and stores. Interpret mode runs the
-  same grid, index maps, padding and epilogue with `jnp.dot` in place of `wgmma` (which only
-  lowers on the GPU) and without the shared-memory swizzle.
-* `backend="triton"`: a `(m, n)` grid; each program loops over `k` itself, since Triton programs
-  cannot carry an accumulator across grid steps.
+Ragged shapes are made whole before the kernel, so that every TMA copy is in bounds and every
+output element is written by exactly one program, alike on a GPU (whose TMA would clip or
+zero-fill) and in the interpreter (which refuses out-of-bounds accesses): M, N and K are padded
+with zeros to multiples of the tiles and the output is sliced back. Shapes that are multiples of
+the tiles are passed through untouched, with no extra pass over memory. float32 uses tf32
+`wgmma`, which reads its right operand only K-major: the weight is transposed to `(N, K)` first.
 
-Only K is padded (with zeros, which add nothing to the sum), and N to a multiple of 16 so that
-rows stay 16-byte aligned for TMA; ragged M and N blocks are masked by the backend.
-
-The backward pass (a `custom_vjp`) saves the pre-activation z = x @ kernel + bias as a second
-output of the forward kernel, in the output dtype: M * N elements, as many as the output and as
-the unfused XLA composition keeps, in exchange for not redoing the M * N * K matmul. It then runs
-the elementwise Mish backward kernel once, gz = g * mish'(z), and three XLA reductions:
-dx = gz @ kernel^T, dkernel = x^T @ gz and dbias = sum(gz).
+The backward pass (a `custom_vjp`) reuses z = x @ kernel + bias, written by the forward kernel in
+the output dtype, runs the elementwise Mish backward kernel once, gz = g * mish'(z), and leaves
+dx = gz @ kernel^T, dkernel = x^T @ gz and dbias = sum(gz) to XLA.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from collections.abc import Sequence
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import Array, lax
+from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.typing import ArrayLike
 
 from .mish import check_dtype, mish_backward, mish_f32, mish_reference
 
-_BACKENDS = ("mosaic_gpu", "triton")
+# Shared memory per SM of an H100 or H200, the most one program may allocate.
+SMEM_BYTES = 227 * 1024
+# The widest swizzle: a 128-byte row of a tile is spread over all 32 shared-memory banks.
+_SWIZZLE_BYTES = 128
 
 
-def check_backend(backend: str) -> None:
-  """Raises ValueError unless `backend` is one of `_BACKENDS`."""
-  if backend not in _BACKENDS:
-    raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-
-
-def compiler_params(backend: str, **kwargs) -> pl.CompilerParams:
-  """The `CompilerParams` whose type selects the `backend` lowering."""
-  if backend == "triton":
-    from jax.experimental.pallas import triton as pltriton
-
-    return pltriton.CompilerParams(**kwargs)
-  return plgpu.CompilerParams(**kwargs)
-
-
-# (block_m, block_n, block_k) by backend and operand bytes. Mosaic GPU: wgmma wants block_m a
-# multiple of 64 and a 128-byte swizzled K tile (64 16-bit or 32 32-bit values); with two
-# pipeline stages and the z output, 16-bit tiles take 192 KiB of the H100's 227 KiB of shared
-# memory and float32 tiles 176 KiB. Triton: the usual tiles of its matmul tutorials.
-_DEFAULT_BLOCKS = {
-  ("mosaic_gpu", 2): (128, 128, 64),
-  ("mosaic_gpu", 4): (64, 128, 32),
-  ("triton", 2): (128, 128, 32),
-  ("triton", 4): (64, 64, 32),
-}
-# N is padded to a multiple of 16 elements: TMA needs every row to start 16-byte aligned.
-_N_ALIGN = 16
-
-
-class _Config(NamedTuple):
-  """The static parameters of one call, hashable for `custom_vjp` and `jit`."""
-
-  block_m: int
-  block_n: int
-  block_k: int
-  interpret: bool
-  backend: str
-
-
-def _epilogue(acc: Array, bias: Array, y_ref, z_refs: Sequence[Any]) -> None:
-  """Stores mish(acc + bias) in `y_ref` and acc + bias in `z_refs` (none or one)."""
-  z = acc + lax.broadcast_in_dim(bias, acc.shape, (1,))
-  y_ref[...] = mish_f32(z).astype(y_ref.dtype)
-  for z_ref in z_refs:
-    z_ref[...] = z.astype(z_ref.dtype)
-
-
-# 1. Kernels.
+# 1. The kernel.
 
 
 def _linear_mish_kernel(
-  x_ref,
-  w_ref,
-  b_ref,  # Inputs.
-  y_ref,
-  *refs,  # Outputs (y, then z if saved), then the accumulator.
-  num_k_blocks: int,
-  use_wgmma: bool,
-  w_transposed: bool,
+  x_gmem,
+  w_gmem,
+  b_gmem,  # Inputs: (M, K), (K, N) or K-major (N, K), and (N,) float32.
+  y_gmem,
+  *z_gmem,  # Outputs: y = mish(z) and, when saved, z = x @ w + b, both (M, N).
+  x_smem,
+  w_smem,
+  b_smem,
+  out_smem,
+  load_barriers,
+  bias_barrier,
+  config: TuningConfig,
+  num_k_steps: int,
+  w_k_major: bool,
+  interpreted: bool = False,
 ):
-  """One `(block_m, block_n)` tile of the output, at step `k` of the sequential K axis."""
-  *z_refs, acc_ref = refs
-  k = pl.program_id(2)
-  if use_wgmma:
-    w = plgpu.transpose_ref(w_ref, (1, 0)) if w_transposed else w_ref
-    plgpu.wgmma(acc_ref, x_ref, w)
-    # The pipeline refills this step's buffers once the body returns: no wgmma may still read them.
-    plgpu.wgmma_wait(0)
+  """One `(tile_m, tile_n)` output tile: a pipelined K loop of `wgmma`s, then the epilogue."""
+  tile_m, tile_n, tile_k = config.tile_m, config.tile_n, config.tile_k
+  num_stages = min(config.max_concurrent_steps, num_k_steps)
+  m_slice = pl.ds(lax.axis_index("m") * tile_m, tile_m)
+  n_slice = pl.ds(lax.axis_index("n") * tile_n, tile_n)
+
+  def fetch(step, slot):
+    k_slice = pl.ds(step * tile_k, tile_k)
+    w_tile = w_gmem.at[n_slice, k_slice] if w_k_major else w_gmem.at[k_slice, n_slice]
+    plgpu.copy_gmem_to_smem(x_gmem.at[m_slice, k_slice], x_smem.at[slot], load_barriers.at[slot])
+    plgpu.copy_gmem_to_smem(w_tile, w_smem.at[slot], load_barriers.at[slot])
+
+  plgpu.copy_gmem_to_smem(b_gmem.at[n_slice], b_smem, bias_barrier)
+  for step in range(num_stages):  # The prologue fills every slot.
+    fetch(step, step)
+
+  def pipeline(mma_step, carry):
+    def k_step(step, carry):
+      slot = lax.rem(step, num_stages)
+      plgpu.barrier_wait(load_barriers.at[slot])
+      carry = mma_step(slot, carry)
+      refill = step - 1 + num_stages
+
+      @pl.when((step > 0) & (refill < num_k_steps))
+      def _refill():
+        fetch(refill, lax.rem(step - 1, num_stages))
+
+      return carry
+
+    return lax.fori_loop(0, num_k_steps, k_step, carry)
+
+  if w_k_major and interpreted:
+    # The interpreter takes no transposed wgmma operand (JAX 0.10 and 0.11): the same product of
+    # the same shared-memory tiles, as a dot.
+    def dot_step(slot, acc):
+      dims = (((1,), (1,)), ((), ()))
+      return acc + lax.dot_general(
+        x_smem[slot], w_smem[slot], dims, preferred_element_type=jnp.float32
+      )
+
+    acc = pipeline(dot_step, jnp.zeros((tile_m, tile_n), jnp.float32))
   else:
 
-    @pl.when(k == 0)
-    def _zero():
-      acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
+    def accumulate(acc_ref):
+      def wgmma_step(slot, carry):
+        w_tile = plgpu.transpose_ref(w_smem.at[slot], (1, 0)) if w_k_major else w_smem.at[slot]
+        plgpu.wgmma(acc_ref, x_smem.at[slot], w_tile)
+        # Keep this step's wgmma in flight; the one before it is done, so its slot is free.
+        plgpu.wgmma_wait(1)
+        return carry
 
-    contract = ((1,), (1,)) if w_transposed else ((1,), (0,))
-    acc_ref[...] += lax.dot_general(
-      x_ref[...], w_ref[...], (contract, ((), ())), preferred_element_type=jnp.float32
-    )
+      pipeline(wgmma_step, None)
+      return acc_ref[...]  # Reading the accumulator awaits every wgmma.
 
-  @pl.when(k == num_k_blocks - 1)
-  def _store():
-    if use_wgmma:
-      # Loaded straight into the layout of the accumulator's columns; broadcasting is then free.
-      bias = plgpu.load(b_ref, (), layout=plgpu.Layout.WGMMA.reduce(0))
-    else:
-      bias = b_ref[...]
-    _epilogue(acc_ref[...], bias, y_ref, z_refs)
-
-
-def _linear_mish_kernel_triton(
-  x_ref,
-  w_ref,
-  b_ref,  # Inputs: a (block_m, K) row panel and a (K, block_n) column panel.
-  y_ref,
-  *z_refs,  # Outputs.
-  block_k: int,
-):
-  """One `(block_m, block_n)` tile of the output, looping over K in `block_k` steps."""
-
-  def body(k, acc):
-    ks = pl.ds(pl.multiple_of(k * block_k, block_k), block_k)
-    return acc + jnp.dot(x_ref[:, ks], w_ref[ks, :], preferred_element_type=jnp.float32)
-
-  acc = lax.fori_loop(0, x_ref.shape[1] // block_k, body, jnp.zeros(y_ref.shape, jnp.float32))
-  _epilogue(acc, b_ref[...], y_ref, z_refs)
+    acc = pl.run_scoped(accumulate, plgpu.ACC((tile_m, tile_n), jnp.float32))
+  plgpu.barrier_wait(bias_barrier)
+  z = acc + lax.broadcast_in_dim(b_smem[...], acc.shape, (1,))
+  for out_gmem, value in [(y_gmem, mish_f32(z))] + [(z_ref, z) for z_ref in z_gmem]:
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # The previous store has read out_smem.
+    out_smem[...] = value.astype(out_smem.dtype)
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(out_smem, out_gmem.at[m_slice, n_slice])
+  plgpu.wait_smem_to_gmem(0)
 
 
-# 2. The `pallas_call` wrapper.
+# 2. The `plgpu.kernel` wrapper and its tuning config.
 
 
-def _mma_transforms(minor_dim: int, dtype: jnp.dtype) -> tuple[Any, ...]:
-  """The shared-memory tiling and swizzle that wgmma operands and TMA stores need."""
+@dataclasses.dataclass(frozen=True)
+class TuningConfig:
+  """The tiles of one kernel launch.
+
+  Attributes:
+    tile_m: rows of x per output tile, a multiple of 64 (wgmma's M) up to 256 (TMA's limit).
+    tile_n: columns of the weight per output tile; 128 bytes of its dtype or a multiple, <= 256.
+    tile_k: the K step; 128 bytes of its dtype (one swizzled row) or a multiple, <= 256.
+    max_concurrent_steps: pipeline stages, K steps whose tiles are in shared memory at once.
+  """
+
+  tile_m: int
+  tile_n: int
+  tile_k: int
+  max_concurrent_steps: int
+
+  def smem_bytes(self, dtype: jnp.dtype) -> int:
+    """Shared memory one program allocates: input slots, the output tile and the bias."""
+    itemsize = jnp.dtype(dtype).itemsize
+    inputs = self.max_concurrent_steps * (self.tile_m + self.tile_n) * self.tile_k * itemsize
+    return inputs + self.tile_m * self.tile_n * itemsize + self.tile_n * 4
+
+  def validate(self, dtype: jnp.dtype) -> None:
+    """Raises ValueError for tiles that do not lower for operands of `dtype`."""
+    row = _SWIZZLE_BYTES // jnp.dtype(dtype).itemsize
+    if self.tile_m % 64 or not 0 < self.tile_m <= 256:
+      raise ValueError(f"tile_m must be a multiple of 64 in [64, 256], got {self.tile_m}")
+    if self.tile_n % row or not 0 < self.tile_n <= 256:
+      raise ValueError(f"tile_n must be a multiple of {row} in [{row}, 256], got {self.tile_n}")
+    if self.tile_k != row:
+      raise ValueError(
+        f"tile_k must be {row} (128 bytes) for {jnp.dtype(dtype)}, got {self.tile_k}"
+      )
+    # One stage would refill the slot that the wgmma in flight still reads.
+    if self.max_concurrent_steps < 2:
+      raise ValueError(f"max_concurrent_steps must be >= 2, got {self.max_concurrent_steps}")
+    if (size := self.smem_bytes(dtype)) > SMEM_BYTES:
+      raise ValueError(f"{self} needs {size} bytes of shared memory, more than {SMEM_BYTES}")
+
+
+# 16-bit: 4 stages x (128 + 128) x 64 x 2 B = 128 KiB of input slots, a 32 KiB output tile and
+# 512 B of bias: 160.5 KiB of 227 KiB. float32 (tf32): 4 x (128 + 128) x 32 x 4 B = 128 KiB, a
+# 64 KiB output tile and the bias: 192.5 KiB. A 128 x 128 float32 accumulator is 128 registers per
+# thread of the warpgroup, which leaves room for the Mish epilogue.
+_DEFAULT_CONFIGS = {
+  2: TuningConfig(tile_m=128, tile_n=128, tile_k=64, max_concurrent_steps=4),
+  4: TuningConfig(tile_m=128, tile_n=128, tile_k=32, max_concurrent_steps=4),
+}
+
+
+def default_config(dtype: jnp.dtype, m: int | None = None, n: int | None = None) -> TuningConfig:
+  """The default tiles for operands of `dtype`, shrunk to an `(m, n)` output smaller than them."""
+  config = _DEFAULT_CONFIGS[jnp.dtype(dtype).itemsize]
+  row = _SWIZZLE_BYTES // jnp.dtype(dtype).itemsize
+  if m is not None:
+    config = dataclasses.replace(config, tile_m=min(config.tile_m, _round_up(m, 64)))
+  if n is not None:
+    config = dataclasses.replace(config, tile_n=min(config.tile_n, _round_up(n, row)))
+  return config
+
+
+def _round_up(size: int, multiple: int) -> int:
+  return max(pl.cdiv(size, multiple), 1) * multiple
+
+
+def _smem_transforms(tile: tuple[int, int], dtype: jnp.dtype) -> tuple[plgpu.Transform, ...]:
+  """The tiling and swizzle that `wgmma` operands and TMA-stored tiles need in shared memory."""
   itemsize = jnp.dtype(dtype).itemsize
-  swizzle = plgpu.find_swizzle(minor_dim * itemsize * 8)
+  swizzle = plgpu.find_swizzle(tile[-1] * itemsize * 8)
   return plgpu.TilingTransform((8, swizzle // itemsize)), plgpu.SwizzleTransform(swizzle)
 
 
-def _round_up(a: int, b: int) -> int:
-  return pl.cdiv(a, b) * b
+def _interpret_params(interpret: bool | InterpretGPUParams) -> InterpretGPUParams | None:
+  if isinstance(interpret, InterpretGPUParams):
+    return interpret
+  return InterpretGPUParams() if interpret else None
 
 
-def linear_mish_call(
+def _linear_mish_call(
   x: Array,
   w: Array,
   b: Array,
   *,
-  block_m: int,
-  block_n: int,
-  block_k: int,
-  interpret: bool,
-  backend: str,
+  config: TuningConfig,
+  interpret: bool | InterpretGPUParams,
   save_z: bool,
 ) -> Array | tuple[Array, Array]:
-  """Runs the fused kernel on `x: (M, K)`, `w: (K, N)` of one dtype and float32 `b: (N,)`.
-
-  Returns:
-    `y = mish(x @ w + b)` of shape `(M, N)` in the dtype of `x`, and `z = x @ w + b` too if
-    `save_z`.
-  """
+  """The fused kernel on `x: (M, K)`, `w: (K, N)` of one dtype and float32 `b: (N,)`."""
   m, k = x.shape
   n = w.shape[1]
   dtype = x.dtype
-  k_pad = max(_round_up(k, block_k), block_k)  # K = 0 still runs one step, adding zeros.
-  n_pad = _round_up(n, _N_ALIGN)
-  x = jnp.pad(x, ((0, 0), (0, k_pad - k)))
-  w = jnp.pad(w, ((0, k_pad - k), (0, n_pad - n)))
-  b = jnp.pad(b, (0, n_pad - n))
-  num_outputs = 2 if save_z else 1
-  out_shape = [jax.ShapeDtypeStruct((m, n_pad), dtype)] * num_outputs
-
-  if backend == "triton":
-    grid = (pl.cdiv(m, block_m), pl.cdiv(n_pad, block_n))
-    kernel = functools.partial(_linear_mish_kernel_triton, block_k=block_k)
-    in_specs = [
-      pl.BlockSpec((block_m, k_pad), lambda i, j: (i, 0)),
-      pl.BlockSpec((k_pad, block_n), lambda i, j: (0, j)),
-      pl.BlockSpec((block_n,), lambda i, j: (j,)),
-    ]
-    out_specs = [pl.BlockSpec((block_m, block_n), lambda i, j: (i, j))] * num_outputs
-    scratch_shapes = ()
-    params = compiler_params("triton", num_warps=4, num_stages=3)
-  else:
-    num_k_blocks = k_pad // block_k
-    grid = (pl.cdiv(m, block_m), pl.cdiv(n_pad, block_n), num_k_blocks)
-    use_wgmma = not interpret
-    # wgmma reads a 32-bit right operand only K-major, i.e. as (N, K) in memory.
-    w_transposed = dtype.itemsize == 4
-    if w_transposed:
-      w = w.T
-
-    def spec(block_shape, index_map):
-      # The swizzle is a GPU shared-memory layout, which interpret mode does not model.
-      transforms = () if interpret else _mma_transforms(block_shape[-1], dtype)
-      return plgpu.BlockSpec(block_shape, index_map, transforms=transforms)
-
-    if w_transposed:
-      w_spec = spec((block_n, block_k), lambda i, j, kk: (j, kk))
-    else:
-      w_spec = spec((block_k, block_n), lambda i, j, kk: (kk, j))
-    kernel = functools.partial(
+  tile_m, tile_n, tile_k = config.tile_m, config.tile_n, config.tile_k
+  m_pad, n_pad, k_pad = _round_up(m, tile_m), _round_up(n, tile_n), _round_up(k, tile_k)
+  # Zeros in K add nothing to the sum; padded rows and columns are sliced off. No-ops when whole.
+  if (m_pad, k_pad) != (m, k):
+    x = jnp.pad(x, ((0, m_pad - m), (0, k_pad - k)))
+  if (k_pad, n_pad) != (k, n):
+    w = jnp.pad(w, ((0, k_pad - k), (0, n_pad - n)))
+  if n_pad != n:
+    b = jnp.pad(b, (0, n_pad - n))
+  w_k_major = dtype.itemsize == 4  # tf32 wgmma reads its right operand only K-major.
+  w_tile = (tile_n, tile_k) if w_k_major else (tile_k, tile_n)
+  if w_k_major:
+    w = w.T
+  num_k_steps = k_pad // tile_k
+  num_stages = min(config.max_concurrent_steps, num_k_steps)
+  out_type = jax.ShapeDtypeStruct((m_pad, n_pad), dtype)
+  kernel = plgpu.kernel(
+    functools.partial(
       _linear_mish_kernel,
-      num_k_blocks=num_k_blocks,
-      use_wgmma=use_wgmma,
-      w_transposed=w_transposed,
-    )
-    in_specs = [
-      spec((block_m, block_k), lambda i, j, kk: (i, kk)),
-      w_spec,
-      plgpu.BlockSpec((block_n,), lambda i, j, kk: (j,)),
-    ]
-    out_specs = [spec((block_m, block_n), lambda i, j, kk: (i, j))] * num_outputs
-    acc_type = plgpu.ACC if use_wgmma else plgpu.SMEM
-    scratch_shapes = [acc_type((block_m, block_n), jnp.float32)]
-    params = compiler_params(
-      "mosaic_gpu",
-      dimension_semantics=("parallel", "parallel", "sequential"),
-      max_concurrent_steps=2,
-    )
-
-  outs = pl.pallas_call(
-    kernel,
-    out_shape=out_shape,
-    grid=grid,
-    in_specs=in_specs,
-    out_specs=out_specs,
-    scratch_shapes=scratch_shapes,
-    interpret=interpret,
-    compiler_params=params,
-    name="linear_mish_fwd",
-  )(x, w, b)
-  outs = [o[:, :n] for o in outs]
-  return tuple(outs) if save_z else outs[0]
+      config=config,
+      num_k_steps=num_k_steps,
+      w_k_major=w_k_major,
+      interpreted=bool(interpret),
+    ),
+    out_type=(out_type, out_type) if save_z else out_type,
+    scratch_types=dict(
+      x_smem=plgpu.SMEM(
+        (num_stages, tile_m, tile_k), dtype, transforms=_smem_transforms((tile_m, tile_k), dtype)
+      ),
+      w_smem=plgpu.SMEM((num_stages, *w_tile), dtype, transforms=_smem_transforms(w_tile, dtype)),
+      b_smem=plgpu.SMEM((tile_n,), jnp.float32),
+      out_smem=plgpu.SMEM(
+        (tile_m, tile_n), dtype, transforms=_smem_transforms((tile_m, tile_n), dtype)
+      ),
+      load_barriers=plgpu.Barrier(num_arrivals=2, num_barriers=num_stages),
+      bias_barrier=plgpu.Barrier(num_arrivals=1),
+    ),
+    grid=(m_pad // tile_m, n_pad // tile_n),
+    grid_names=("m", "n"),
+    compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
+    interpret=_interpret_params(interpret),
+    kernel_name="linear_mish_fwd",
+  )
+  outs = kernel(x, w, b)
+  if save_z:
+    return tuple(o[:m, :n] for o in outs)
+  return outs[:m, :n]
 
 
 def _batched_call(
-  x: Array, w: Array, b: Array, config: _Config, save_z: bool
+  x: Array,
+  w: Array,
+  b: Array,
+  *,
+  config: TuningConfig,
+  interpret: bool | InterpretGPUParams,
+  save_z: bool,
 ) -> Array | tuple[Array, Array]:
-  """`linear_mish_call` with a vmap rule that never hands Mosaic GPU a batched `pallas_call`."""
-  call = functools.partial(linear_mish_call, **config._asdict(), save_z=save_z)
+  """`_linear_mish_call` with a vmap rule that never hands Mosaic GPU a batched kernel."""
+  call = functools.partial(_linear_mish_call, config=config, interpret=interpret, save_z=save_z)
 
   @jax.custom_batching.custom_vmap
   def fused(x, w, b):
@@ -286,108 +309,103 @@ def _batched_call(
 # 3. Forward and backward.
 
 
+def linear_mish_forward(
+  x: Array,
+  w: Array,
+  b: Array,
+  *,
+  config: TuningConfig | None = None,
+  interpret: bool | InterpretGPUParams = False,
+  save_z: bool = False,
+) -> Array | tuple[Array, Array]:
+  """The fused forward kernel, unvalidated and not differentiable; safe under `jax.vmap`.
+
+  Args:
+    x: `(M, K)` input.
+    w: `(K, N)` weight, of the dtype of `x`.
+    b: `(N,)` float32 bias.
+    config: the tiles; None picks `default_config(x.dtype, M, N)`.
+    interpret: run under Mosaic GPU interpret mode: True with default `InterpretGPUParams()`, or
+      the given `InterpretGPUParams`.
+    save_z: also return the pre-activation.
+
+  Returns:
+    `y = mish(x @ w + b)`, or `(y, z)` with `z = x @ w + b` when `save_z`; `(M, N)` in the dtype of
+    `x`.
+  """
+  m, n = x.shape[0], w.shape[1]
+  if m == 0 or n == 0:
+    y = jnp.zeros((m, n), x.dtype)
+    return (y, y) if save_z else y
+  config = config or default_config(x.dtype, m, n)
+  return _batched_call(x, w, b, config=config, interpret=interpret, save_z=save_z)
+
+
 def _linear_mish_fwd(
-  x: Array, w: Array, b: Array, config: _Config
+  x: Array, w: Array, b: Array, config: TuningConfig | None, interpret: bool | InterpretGPUParams
 ) -> tuple[Array, tuple[Array, Array, Array]]:
-  y, z = _batched_call(x, w, b, config, save_z=True)
+  y, z = linear_mish_forward(x, w, b, config=config, interpret=interpret, save_z=True)
   return y, (x, w, z)
 
 
 def _linear_mish_bwd(
-  config: _Config, residuals: tuple[Array, Array, Array], g: Array
+  config: TuningConfig | None,
+  interpret: bool | InterpretGPUParams,
+  residuals: tuple[Array, Array, Array],
+  g: Array,
 ) -> tuple[Array, Array, Array]:
+  del config  # Unused: the backward's matmuls are XLA's.
   x, w, z = residuals
-  gz = mish_backward(z, g, interpret=config.interpret)
+  gz = mish_backward(z, g, interpret=interpret)
   dx = jnp.dot(gz, w.T, preferred_element_type=jnp.float32).astype(x.dtype)
   dw = jnp.dot(x.T, gz, preferred_element_type=jnp.float32).astype(w.dtype)
   db = jnp.sum(gz, axis=0, dtype=jnp.float32)
   return dx, dw, db
 
 
-def linear_mish_forward(
-  x: Array, w: Array, b: Array, *, config: _Config, interpret: bool, save_z: bool
-) -> Array | tuple[Array, Array]:
-  """The raw fused forward on `x: (M, K)`, `w: (K, N)`, float32 `b: (N,)`: y, or (y, z)."""
-  config = config._replace(interpret=interpret)
-  return _batched_call(x, w, b, config, save_z=save_z)
-
-
 # 4. The `custom_vjp` public function.
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _linear_mish(x: Array, w: Array, b: Array, config: _Config) -> Array:
-  return _batched_call(x, w, b, config, save_z=False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _linear_mish(
+  x: Array, w: Array, b: Array, config: TuningConfig | None, interpret: bool | InterpretGPUParams
+) -> Array:
+  return linear_mish_forward(x, w, b, config=config, interpret=interpret)
 
 
 _linear_mish.defvjp(_linear_mish_fwd, _linear_mish_bwd)
 
 
-def default_blocks(dtype: jnp.dtype, backend: str = "mosaic_gpu") -> tuple[int, int, int]:
-  """The default `(block_m, block_n, block_k)` for operands of `dtype` on `backend`."""
-  return _DEFAULT_BLOCKS[backend, 4 if jnp.dtype(dtype).itemsize == 4 else 2]
-
-
-def _check_blocks(block_m: int, block_n: int, block_k: int, dtype: jnp.dtype, backend: str):
-  """Raises ValueError for block sizes the backend cannot lower."""
-  blocks = dict(block_m=block_m, block_n=block_n, block_k=block_k)
-  if backend == "triton":
-    for name, size in blocks.items():
-      if size < 16 or size & (size - 1):
-        raise ValueError(f"{name} must be a power of two >= 16 on Triton, got {size}")
-    return
-  # TMA copies at most 256 elements per dimension; wgmma's M is a multiple of 64, and its
-  # operands' minor dimensions must fill at least a 32-byte swizzle.
-  for name, size in blocks.items():
-    if not 0 < size <= 256:
-      raise ValueError(f"{name} must be in [1, 256] on Mosaic GPU, got {size}")
-  if block_m % 64:
-    raise ValueError(f"block_m must be a multiple of 64 on Mosaic GPU, got {block_m}")
-  min_elems = 32 // jnp.dtype(dtype).itemsize
-  for name in ("block_n", "block_k"):
-    if blocks[name] % min_elems:
-      raise ValueError(
-        f"{name} must be a multiple of {min_elems} for {jnp.dtype(dtype)} on Mosaic GPU, "
-        f"got {blocks[name]}"
-      )
-
-
-@functools.partial(
-  jax.jit, static_argnames=("block_m", "block_n", "block_k", "interpret", "backend")
-)
+@functools.partial(jax.jit, static_argnames=("config", "interpret"))
 def linear_mish(
   x: ArrayLike,
   kernel: ArrayLike,
   bias: ArrayLike | None = None,
   *,
-  block_m: int | None = None,
-  block_n: int | None = None,
-  block_k: int | None = None,
-  interpret: bool = False,
-  backend: str = "mosaic_gpu",
+  config: TuningConfig | None = None,
+  interpret: bool | InterpretGPUParams = False,
 ) -> Array:
-  """`mish(x @ kernel + bias)` in one Pallas kernel, differentiable once in all three arguments.
+  """`mish(x @ kernel + bias)` in one Mosaic GPU kernel, differentiable once in all three.
 
-  The matmul accumulates in float32; the bias and Mish are applied to the float32 accumulator
-  before the result is rounded to the output dtype, `jnp.result_type(x, kernel, bias)`.
-  Forward-mode differentiation (`jax.jvp`) is not defined.
+  The matmul accumulates in float32 (tf32 `wgmma` for float32 operands); the bias and Mish are
+  applied to the float32 accumulator before the result is rounded to the output dtype,
+  `jnp.result_type(x, kernel, bias)`. Reverse mode only: forward-mode rules build on
+  `linear_mish_forward`.
 
   Args:
     x: `(..., K)` input; leading dimensions are flattened into the matmul's M.
     kernel: `(K, N)` weight.
     bias: `(N,)` bias, or None for none.
-    block_m: rows of x per output tile; None picks `default_blocks(dtype, backend)`.
-    block_n: columns of the kernel per output tile; None as above.
-    block_k: the K step of the accumulation; None as above.
-    interpret: run in Pallas interpret mode (on CPU, for tests).
-    backend: the GPU lowering, `"mosaic_gpu"` (JAX's default) or `"triton"`.
+    config: the tiles; None picks `default_config(dtype, M, N)`.
+    interpret: run under Mosaic GPU interpret mode (on CPU, for tests): True with default
+      `InterpretGPUParams()`, or the given `InterpretGPUParams` (e.g. `detect_races=True`).
 
   Returns:
     The `(..., N)` activations.
 
   Raises:
     TypeError: if the operands' common dtype is not float32, bfloat16 or float16.
-    ValueError: for mismatched shapes, a bad backend or block sizes it cannot lower.
+    ValueError: for mismatched shapes, or a config that does not lower for the dtype.
   """
   x, kernel = jnp.asarray(x), jnp.asarray(kernel)
   operands = (x, kernel) if bias is None else (x, kernel, jnp.asarray(bias))
@@ -401,18 +419,13 @@ def linear_mish(
     raise ValueError(f"expected bias of shape ({n},), got {jnp.shape(bias)}")
   dtype = jnp.result_type(*operands)
   check_dtype(dtype, "the operands' common dtype")
-  check_backend(backend)
-  defaults = default_blocks(dtype, backend)
-  block_m, block_n, block_k = (
-    given or default for given, default in zip((block_m, block_n, block_k), defaults, strict=True)
-  )
-  _check_blocks(block_m, block_n, block_k, dtype, backend)
+  if config is not None:
+    config.validate(dtype)
   m = math.prod(batch)
   if m == 0 or n == 0:
     return jnp.zeros((*batch, n), dtype)
   b = jnp.zeros((n,), jnp.float32) if bias is None else jnp.asarray(bias).astype(jnp.float32)
-  config = _Config(block_m, block_n, block_k, interpret, backend)
-  y = _linear_mish(x.reshape(m, k).astype(dtype), kernel.astype(dtype), b, config)
+  y = _linear_mish(x.reshape(m, k).astype(dtype), kernel.astype(dtype), b, config, interpret)
   return y.reshape(*batch, n)
 
 
