@@ -1,52 +1,84 @@
-"""Pallas kernels for Mish: an elementwise forward, a backward, and their `custom_vjp`.
+"""Mosaic GPU kernels for Mish: a forward, a backward, a derivative, and their `custom_vjp`.
 
-The kernels view any input as a `(rows, 128)` array and tile it in `(block_rows, 128)` blocks
-over a 1-D grid. A ragged last block is left to the backend, which masks it: Mosaic GPU's TMA
-copies zero-fill out-of-bounds loads and drop out-of-bounds stores, Triton masks its loads and
-stores, and interpret mode pads and slices. Only a size that is not a multiple of 128 is padded,
-by fewer than 128 elements.
+Every kernel is one streaming loop, written as `jax.experimental.pallas.ops.gpu.hopper_matmul_mgpu`
+is: a `plgpu.kernel` over a 1-D grid of persistent CTAs (one warpgroup each), explicit TMA copies
+between global and shared memory, and barriers.
 
-The math mirrors `mish_jax._src.activations` (one exp per element, no overflow, exact limits), with
-the backend's own exp where the XLA version builds one for speed on CPU, so the kernels agree
-with it to the last ulp or two; it is computed in float32 for float16, bfloat16 and float32.
+Layout. Any input is viewed flat, `(size,)`, which is free. It is cut into `block_size` blocks;
+CTA `c` of `num_ctas` handles blocks `c, c + num_ctas, ...`, so every element belongs to exactly
+one block of exactly one CTA: no two CTAs ever write the same bytes. Each block is copied as one
+contiguous bulk TMA copy (`cp.async.bulk`, any length that is a multiple of 16 bytes), and the
+copies never leave the arrays, so a GPU and Mosaic GPU's interpret mode (which raises on
+out-of-bounds reads) see the same program:
+
+* full blocks of `block_size` elements;
+* one partial block, a multiple of 128 elements, copied with its own static length;
+* the last `size % 128` elements (fewer than 128, too few bytes for TMA's 16-byte granule in some
+  dtypes) are padded into a separate 128-element operand and output, and written back with one
+  `dynamic_update_slice` of under 128 elements: the only copy outside the kernel, and only for sizes
+  that are not a multiple of 128.
+
+Streaming. Each CTA runs a ring of `num_stages` input buffers in shared memory, with a barrier per
+stage: while it computes block i, the copies of blocks i + 1 .. i + num_stages - 1 are in flight,
+and the result leaves through two output buffers, so the store of block i - 1 overlaps the compute
+of block i (`plgpu.wait_smem_to_gmem(1)` before a buffer is reused). With the defaults, 4096
+elements and 3 stages, a stage holds 16 KiB per float32 operand (8 KiB in 16 bits), so a CTA uses
+(stages x operands + 2) x 16 KiB of shared memory:
+
+=========  ===========  ===========  ======================  ============================
+kernel     operands     SMEM / CTA   CTAs / SM (227 KiB)     loads in flight / SM
+=========  ===========  ===========  ======================  ============================
+forward    x            80 KiB       2 (f32), 5 (16-bit)     64 KiB (f32), 80 KiB (16-bit)
+backward   x, g         128 KiB      1 (f32), 3 (16-bit)     64 KiB (f32), 96 KiB (16-bit)
+=========  ===========  ===========  ======================  ============================
+
+By Little's law an H100's 3.35 TB/s at about 1 us of loaded latency needs about 3.4 MB in flight,
+25 KiB per SM of its 132: the ring holds two to four times that, so the kernels can stream at
+memory speed, and the grid, `num_sms x CTAs per SM` persistent CTAs, has no tail of short CTAs.
+The grid never exceeds the number of blocks.
+
+The math is `mish_f32` and `mish_grad_f32`, which mirror `mish_jax._src.activations` (one exp per
+element, no overflow, exact limits) with the backend's own exp; it is computed in float32 for
+float16, bfloat16 and float32 and stored in the input dtype.
+
+`interpret=True` (or an `InterpretGPUParams`) runs these very kernels, copies, barriers and all,
+under Mosaic GPU's interpret mode on the CPU; there is no separate simplified kernel.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax import Array
+from jax import Array, lax
+from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.typing import ArrayLike
 
-BACKENDS: tuple[str, ...] = ("mosaic_gpu", "triton")
 SUPPORTED_DTYPES: tuple[jnp.dtype, ...] = tuple(
   map(jnp.dtype, (jnp.float32, jnp.bfloat16, jnp.float16))
 )
 
-# The minor dimension of every block: one float32 per lane of a 128-thread warpgroup.
+# One element per thread of a warpgroup: the granule of every block, and 256 bytes or more, a
+# multiple of the 16 bytes a bulk TMA copy moves at a time.
 LANES = 128
-# 32 x 128 elements: 16 KiB of float32 in and 16 KiB out of shared memory per block, so several
-# blocks share an SM and hide each other's memory latency; 32 values per thread stay in registers.
 DEFAULT_BLOCK_SIZE = 4096
-# 128 x 128: TMA copies at most 256 rows, and two float32 inputs and an output (the backward)
-# then take 192 KiB of the 227 KiB of shared memory of an H100 SM.
-MAX_MOSAIC_BLOCK_SIZE = 16384
+DEFAULT_NUM_STAGES = 3
+# Hopper (H100/H200): 132 SMs, 228 KiB of shared memory per SM, at most 227 KiB per CTA, of which
+# we leave 1 KiB for the barriers; at most 16 warpgroups per SM.
+_H100_NUM_SMS = 132
+_SMEM_BYTES_PER_SM = 228 * 1024
+MAX_SMEM_BYTES_PER_CTA = 226 * 1024
+_MAX_CTAS_PER_SM = 16
 
 # Past _HIGH, tanh(softplus(x)) rounds to 1 in float32 and mish(x) = x, mish'(x) = 1. Below _LOW,
 # e^x is 0; clipping there keeps x * e^x finite (0) at x = -inf.
 _HIGH = 20.0
 _LOW = -150.0
-
-
-def check_backend(backend: str) -> None:
-  """Raises ValueError unless `backend` is one of `BACKENDS`."""
-  if backend not in BACKENDS:
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def check_dtype(dtype: jnp.dtype, name: str) -> None:
@@ -87,89 +119,263 @@ def mish_grad_f32(x: Array) -> Array:
   return jnp.where(x > _HIGH, 1.0, slope)
 
 
-# 1. Kernels.
+def _mish_times_g(x: Array, g: Array) -> Array:
+  return g * mish_grad_f32(x)
 
 
-def _mish_fwd_kernel(x_ref, y_ref):
-  y_ref[...] = mish_f32(x_ref[...].astype(jnp.float32)).astype(y_ref.dtype)
+@dataclasses.dataclass(frozen=True)
+class TuningConfig:
+  """How a kernel streams its operands.
 
-
-def _mish_derivative_kernel(x_ref, dy_dx_ref):
-  dy_dx_ref[...] = mish_grad_f32(x_ref[...].astype(jnp.float32)).astype(dy_dx_ref.dtype)
-
-
-def _mish_bwd_kernel(x_ref, g_ref, dx_ref):
-  x = x_ref[...].astype(jnp.float32)
-  g = g_ref[...].astype(jnp.float32)
-  dx_ref[...] = (g * mish_grad_f32(x)).astype(dx_ref.dtype)
-
-
-# 2. The `pallas_call` wrapper.
-
-
-def compiler_params(backend: str, **kwargs) -> pl.CompilerParams:
-  """The compiler parameters that make `pallas_call` lower on `backend` when compiled on a GPU.
-
-  Their type picks the lowering: `plgpu.CompilerParams` for Mosaic GPU (the default since JAX
-  0.9), `pltriton.CompilerParams` for Triton. Interpret mode ignores them.
-
-  Args:
-    backend: `"mosaic_gpu"` or `"triton"`.
-    **kwargs: fields of that backend's `CompilerParams`.
-
-  Returns:
-    A `CompilerParams` instance for `backend`.
+  Attributes:
+    block_size: elements per block, a power of two, at least `LANES`.
+    num_stages: input buffers per CTA: `num_stages - 1` blocks are loading while one is computed.
+    num_ctas: persistent CTAs; `None` for as many as fit on the device's SMs (never more than the
+      number of blocks).
   """
-  check_backend(backend)
-  if backend == "triton":
-    # Imported only on request: the Triton backend is deprecated and warns from JAX 0.11 on.
-    from jax.experimental.pallas import triton as pltriton
 
-    return pltriton.CompilerParams(**kwargs)
-  return plgpu.CompilerParams(**kwargs)
+  block_size: int = DEFAULT_BLOCK_SIZE
+  num_stages: int = DEFAULT_NUM_STAGES
+  num_ctas: int | None = None
+
+  def __post_init__(self):
+    if self.block_size < LANES or self.block_size & (self.block_size - 1):
+      raise ValueError(f"block_size must be a power of two >= {LANES}, got {self.block_size}")
+    if self.num_stages < 1:
+      raise ValueError(f"num_stages must be at least 1, got {self.num_stages}")
+    if self.num_ctas is not None and self.num_ctas < 1:
+      raise ValueError(f"num_ctas must be None or at least 1, got {self.num_ctas}")
+
+  def smem_bytes(self, num_inputs: int, dtype: jnp.dtype) -> int:
+    """Shared memory per CTA: the input ring and two output buffers."""
+    return (num_inputs * self.num_stages + 2) * self.block_size * jnp.dtype(dtype).itemsize
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockPlan:
+  """How `size` elements split into blocks: full, one partial, and a padded tail.
+
+  Block indices run over the full blocks, then the partial block (if any), then the tail (if any).
+  """
+
+  size: int
+  block_size: int
+
+  @property
+  def num_full_blocks(self) -> int:
+    return self.size // self.block_size
+
+  @property
+  def partial_size(self) -> int:
+    """Elements of the partial block: a multiple of `LANES`, less than `block_size`."""
+    return (self.size % self.block_size) // LANES * LANES
+
+  @property
+  def main_size(self) -> int:
+    """Elements copied straight from the operands: all but the tail."""
+    return self.size // LANES * LANES
+
+  @property
+  def tail_size(self) -> int:
+    """The last `size % LANES` elements, which go through a padded `LANES`-element operand."""
+    return self.size % LANES
+
+  @property
+  def num_blocks(self) -> int:
+    return self.num_full_blocks + bool(self.partial_size) + bool(self.tail_size)
+
+  def windows(self) -> list[tuple[int, int, int, int, bool]]:
+    """`(first_block, num_blocks, start, length, is_tail)` for each kind of block, in order.
+
+    Block `b` of a kind starts at element `start + (b - first_block) * length` of the flat
+    operands, or at element 0 of the padded tail operands if `is_tail`.
+    """
+    windows = []
+    if self.num_full_blocks:
+      windows.append((0, self.num_full_blocks, 0, self.block_size, False))
+    if self.partial_size:
+      start = self.num_full_blocks * self.block_size
+      windows.append((self.num_full_blocks, 1, start, self.partial_size, False))
+    if self.tail_size:
+      windows.append((self.num_blocks - 1, 1, 0, LANES, True))
+    return windows
+
+
+def _num_sms() -> int:
+  """The SMs of the device a kernel is traced for; an H100's when it is not a GPU."""
+  if abstract_device := jax.sharding.get_abstract_mesh().abstract_device:
+    return abstract_device.num_cores
+  device = jax.devices()[0]
+  return device.core_count if device.platform == "gpu" else _H100_NUM_SMS
+
+
+# 1. The kernel.
+
+
+def _streaming_kernel(
+  *refs,
+  elementwise_fn: Callable[..., Array],
+  plan: BlockPlan,
+  num_inputs: int,
+  num_ctas: int,
+  num_stages: int,
+) -> None:
+  """out = elementwise_fn(*inputs) over every block this CTA owns, through a ring of buffers.
+
+  Refs: the flat inputs, their padded tails (if `plan.tail_size`), the flat output, its padded
+  tail (likewise), then the scratch: the `(num_inputs, num_stages, block_size)` input ring, the
+  `(2, block_size)` output buffers and one barrier per stage.
+  """
+  has_tail = bool(plan.tail_size)
+  inputs_gmem, refs = refs[:num_inputs], refs[num_inputs:]
+  if has_tail:
+    input_tails_gmem, refs = refs[:num_inputs], refs[num_inputs:]
+    out_gmem, out_tail_gmem, in_smem, out_smem, loaded = refs
+  else:
+    input_tails_gmem, out_tail_gmem = (), None
+    out_gmem, in_smem, out_smem, loaded = refs
+
+  cta = lax.axis_index("cta")
+  # Blocks cta, cta + num_ctas, ...: at least one, since num_ctas <= plan.num_blocks.
+  num_steps = (plan.num_blocks - 1 - cta) // num_ctas + 1
+
+  def for_each_kind(step: Array, action: Callable[[Callable, int, bool], None]) -> None:
+    """Runs `action(window, length, is_tail)` under `pl.when(block is of that kind)`.
+
+    `window(ref)` is the block's slice of a flat operand; `length` its static number of elements.
+    """
+    block = cta + step * num_ctas
+    for first, count, start, length, is_tail in plan.windows():
+      in_window = block == first if count == 1 else block < first + count
+      offset = start + (block - first) * length
+
+      def window(ref, offset=offset, length=length):
+        return ref.at[pl.ds(offset, length)]
+
+      pl.when(in_window)(functools.partial(action, window, length, is_tail))
+
+  def start_load(step: Array) -> None:
+    slot = lax.rem(step, num_stages)
+
+    def load(window: Callable, length: int, is_tail: bool) -> None:
+      for i in range(num_inputs):
+        plgpu.copy_gmem_to_smem(
+          input_tails_gmem[i] if is_tail else window(inputs_gmem[i]),
+          in_smem.at[i, slot, pl.ds(0, length)],
+          loaded.at[slot],
+          # Every copy lies inside its array: one bulk copy, no bounds checks, no fill.
+          oob_mode=plgpu.OOBFillMode.PROMISE_IN_BOUNDS,
+        )
+
+    for_each_kind(step, load)
+
+  def start_store(step: Array, out_slot: Array) -> None:
+    def store(window: Callable, length: int, is_tail: bool) -> None:
+      plgpu.copy_smem_to_gmem(
+        out_smem.at[out_slot, pl.ds(0, length)],
+        out_tail_gmem if is_tail else window(out_gmem),
+      )
+
+    for_each_kind(step, store)
+
+  max_steps = pl.cdiv(plan.num_blocks, num_ctas)
+  for step in range(min(num_stages - 1, max_steps)):
+    pl.when(step < num_steps)(functools.partial(start_load, jnp.int32(step)))
+
+  @pl.loop(0, num_steps)
+  def _(step):
+    pl.when(step + num_stages - 1 < num_steps)(functools.partial(start_load, step + num_stages - 1))
+    slot = lax.rem(step, num_stages)
+    plgpu.barrier_wait(loaded.at[slot])
+    # A partial or tail block computes the whole buffer; only its own length is stored.
+    operands = [in_smem[i, slot].astype(jnp.float32) for i in range(num_inputs)]
+    result = elementwise_fn(*operands).astype(out_smem.dtype)
+    out_slot = lax.rem(step, 2)
+    plgpu.wait_smem_to_gmem(1, wait_read_only=True)  # The store of step - 2 has read this buffer.
+    out_smem[out_slot] = result
+    plgpu.commit_smem()
+    start_store(step, out_slot)
+
+  plgpu.wait_smem_to_gmem(0)
+
+
+# 2. The `plgpu.kernel` wrapper.
+
+
+def _interpret_params(interpret: bool | InterpretGPUParams) -> InterpretGPUParams | None:
+  """`True` is GPU interpret mode with default parameters; `False` compiles."""
+  if isinstance(interpret, InterpretGPUParams):
+    return interpret
+  return InterpretGPUParams() if interpret else None
+
+
+def _num_ctas(config: TuningConfig, plan: BlockPlan, smem_bytes: int) -> int:
+  if config.num_ctas is not None:
+    return min(config.num_ctas, plan.num_blocks)
+  ctas_per_sm = max(1, min(_MAX_CTAS_PER_SM, _SMEM_BYTES_PER_SM // (smem_bytes + 1024)))
+  return min(_num_sms() * ctas_per_sm, plan.num_blocks)
 
 
 def _elementwise(
-  kernel: Callable[..., None],
+  elementwise_fn: Callable[..., Array],
   *arrays: Array,
-  out_dtype: jnp.dtype,
-  block_size: int,
-  interpret: bool,
-  backend: str,
+  config: TuningConfig,
+  interpret: bool | InterpretGPUParams,
   name: str,
 ) -> Array:
-  """Runs an elementwise kernel over arrays of one shape, tiled as `(rows, LANES)` blocks.
+  """Runs `elementwise_fn` (float32 in, float32 out) over arrays of one shape and dtype.
 
-  Under `jax.vmap` it still runs as one flat kernel: Mosaic GPU cannot lower a batched
-  `pallas_call`, and an elementwise kernel does not need one, so the vmap rule broadcasts
-  unbatched operands and calls the kernel on the whole batch.
+  Under `jax.vmap` it still runs as one flat kernel: Mosaic GPU cannot lower a batched kernel,
+  and an elementwise one does not need one, so the vmap rule broadcasts unbatched operands and
+  calls the kernel on the whole batch.
   """
+  params = _interpret_params(interpret)
+  num_inputs = len(arrays)
 
   def call(*operands: Array) -> Array:
-    shape = operands[0].shape
-    size = operands[0].size
+    shape, dtype, size = operands[0].shape, operands[0].dtype, operands[0].size
     if size == 0:
-      return jnp.zeros(shape, out_dtype)
-    padded_size = pl.cdiv(size, LANES) * LANES
-    rows = padded_size // LANES
-    # Padding with zeros is harmless (mish(0) = 0) and sliced off; only sizes that are not a
-    # multiple of LANES pay for it.
-    operands_2d = [
-      jnp.pad(a.reshape(-1), (0, padded_size - size)).reshape(rows, LANES) for a in operands
-    ]
-    block_rows = min(block_size // LANES, pl.next_power_of_2(rows))
-    spec = pl.BlockSpec((block_rows, LANES), lambda i: (i, 0))
-    out = pl.pallas_call(
-      kernel,
-      out_shape=jax.ShapeDtypeStruct((rows, LANES), out_dtype),
-      grid=(pl.cdiv(rows, block_rows),),
-      in_specs=[spec] * len(operands_2d),
-      out_specs=spec,
-      interpret=interpret,
-      compiler_params=compiler_params(backend),
-      name=name,
-    )(*operands_2d)
-    return out.reshape(-1)[:size].reshape(shape)
+      return jnp.zeros(shape, dtype)
+    smem_bytes = config.smem_bytes(num_inputs, dtype)
+    if params is None and smem_bytes > MAX_SMEM_BYTES_PER_CTA:
+      raise ValueError(
+        f"{name}: {config} takes {smem_bytes} bytes of shared memory per CTA in {dtype}, more "
+        f"than the {MAX_SMEM_BYTES_PER_CTA} a Hopper CTA can use"
+      )
+    plan = BlockPlan(size, config.block_size)
+    flat = [a.reshape(-1) for a in operands]
+    # Zeros are harmless padding (mish(0) = 0) and are sliced off.
+    tails = [jnp.pad(a[plan.main_size :], (0, LANES - plan.tail_size)) for a in flat]
+    out_type = [jax.ShapeDtypeStruct((size,), dtype)]
+    if plan.tail_size:
+      out_type.append(jax.ShapeDtypeStruct((LANES,), dtype))
+    num_ctas = _num_ctas(config, plan, smem_bytes)
+    kernel = plgpu.kernel(
+      functools.partial(
+        _streaming_kernel,
+        elementwise_fn=elementwise_fn,
+        plan=plan,
+        num_inputs=num_inputs,
+        num_ctas=num_ctas,
+        num_stages=config.num_stages,
+      ),
+      out_type=out_type,
+      scratch_types=[
+        plgpu.SMEM((num_inputs, config.num_stages, config.block_size), dtype),
+        plgpu.SMEM((2, config.block_size), dtype),
+        plgpu.Barrier(num_arrivals=num_inputs, num_barriers=config.num_stages),
+      ],
+      grid=(num_ctas,),
+      grid_names=("cta",),
+      interpret=params,
+      kernel_name=name,
+    )
+    if plan.tail_size:
+      out, out_tail = kernel(*flat, *tails)
+      out = lax.dynamic_update_slice(out, out_tail[: plan.tail_size], (plan.main_size,))
+    else:
+      (out,) = kernel(*flat)
+    return out.reshape(shape)
 
   @jax.custom_batching.custom_vmap
   def elementwise(*operands):
@@ -186,26 +392,20 @@ def _elementwise(
   return elementwise(*arrays)
 
 
-# 3. Forward and backward.
+# 3. Forward, backward and derivative.
 
 
 def mish_forward(
   x: Array,
   *,
   block_size: int = DEFAULT_BLOCK_SIZE,
-  interpret: bool = False,
-  backend: str = "mosaic_gpu",
+  num_stages: int = DEFAULT_NUM_STAGES,
+  num_ctas: int | None = None,
+  interpret: bool | InterpretGPUParams = False,
 ) -> Array:
-  """mish(x) by the forward kernel, in `x.dtype`; no validation, no `custom_vjp`."""
-  return _elementwise(
-    _mish_fwd_kernel,
-    x,
-    out_dtype=x.dtype,
-    block_size=block_size,
-    interpret=interpret,
-    backend=backend,
-    name="mish_fwd",
-  )
+  """mish(x) by the forward kernel, in `x.dtype`; no dtype check, no `custom_vjp`."""
+  config = TuningConfig(block_size, num_stages, num_ctas)
+  return _elementwise(mish_f32, x, config=config, interpret=interpret, name="mish_forward")
 
 
 def mish_backward(
@@ -213,19 +413,19 @@ def mish_backward(
   g: Array,
   *,
   block_size: int = DEFAULT_BLOCK_SIZE,
-  interpret: bool = False,
-  backend: str = "mosaic_gpu",
+  num_stages: int = DEFAULT_NUM_STAGES,
+  num_ctas: int | None = None,
+  interpret: bool | InterpretGPUParams = False,
 ) -> Array:
   """g * mish'(x) by the backward kernel, in `x.dtype`: one fused pass over `x` and `g`."""
+  config = TuningConfig(block_size, num_stages, num_ctas)
   return _elementwise(
-    _mish_bwd_kernel,
+    _mish_times_g,
     x,
     g.astype(x.dtype),
-    out_dtype=x.dtype,
-    block_size=block_size,
+    config=config,
     interpret=interpret,
-    backend=backend,
-    name="mish_bwd",
+    name="mish_backward",
   )
 
 
@@ -233,81 +433,83 @@ def mish_derivative(
   x: Array,
   *,
   block_size: int = DEFAULT_BLOCK_SIZE,
-  interpret: bool = False,
-  backend: str = "mosaic_gpu",
+  num_stages: int = DEFAULT_NUM_STAGES,
+  num_ctas: int | None = None,
+  interpret: bool | InterpretGPUParams = False,
 ) -> Array:
   """mish'(x) by the derivative kernel, in `x.dtype`: the slope for forward-mode rules."""
-  return _elementwise(
-    _mish_derivative_kernel,
-    x,
-    out_dtype=x.dtype,
-    block_size=block_size,
+  config = TuningConfig(block_size, num_stages, num_ctas)
+  return _elementwise(mish_grad_f32, x, config=config, interpret=interpret, name="mish_derivative")
+
+
+def _kwargs(config: TuningConfig, interpret: bool | InterpretGPUParams) -> dict:
+  return dict(
+    block_size=config.block_size,
+    num_stages=config.num_stages,
+    num_ctas=config.num_ctas,
     interpret=interpret,
-    backend=backend,
-    name="mish_derivative",
   )
 
 
-def _mish_vjp_fwd(x: Array, block_size: int, interpret: bool, backend: str) -> tuple[Array, Array]:
-  y = mish_forward(x, block_size=block_size, interpret=interpret, backend=backend)
+def _mish_vjp_fwd(
+  x: Array, config: TuningConfig, interpret: bool | InterpretGPUParams
+) -> tuple[Array, Array]:
+  y = mish_forward(x, **_kwargs(config, interpret))
   return y, x  # x is the only residual: the backward recomputes e^x, cheaper than storing it.
 
 
 def _mish_vjp_bwd(
-  block_size: int, interpret: bool, backend: str, x: Array, g: Array
+  config: TuningConfig, interpret: bool | InterpretGPUParams, x: Array, g: Array
 ) -> tuple[Array]:
-  return (mish_backward(x, g, block_size=block_size, interpret=interpret, backend=backend),)
+  return (mish_backward(x, g, **_kwargs(config, interpret)),)
 
 
 # 4. The `custom_vjp` public function.
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _mish(x: Array, block_size: int, interpret: bool, backend: str) -> Array:
-  return mish_forward(x, block_size=block_size, interpret=interpret, backend=backend)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _mish(x: Array, config: TuningConfig, interpret: bool | InterpretGPUParams) -> Array:
+  return mish_forward(x, **_kwargs(config, interpret))
 
 
 _mish.defvjp(_mish_vjp_fwd, _mish_vjp_bwd)
 
 
-@functools.partial(jax.jit, static_argnames=("block_size", "interpret", "backend"))
+@functools.partial(jax.jit, static_argnames=("block_size", "num_stages", "num_ctas", "interpret"))
 def mish(
   x: ArrayLike,
   *,
   block_size: int = DEFAULT_BLOCK_SIZE,
-  interpret: bool = False,
-  backend: str = "mosaic_gpu",
+  num_stages: int = DEFAULT_NUM_STAGES,
+  num_ctas: int | None = None,
+  interpret: bool | InterpretGPUParams = False,
 ) -> Array:
-  r"""Mish, :math:`x \tanh(\mathrm{softplus}(x))`, by Pallas kernels, differentiable once.
+  r"""Mish, :math:`x \tanh(\mathrm{softplus}(x))`, by Mosaic GPU kernels, differentiable once.
 
   Any shape; float32, bfloat16 and float16, computed in float32 and returned in the input dtype.
   Reverse-mode differentiation runs a second kernel that computes g * mish'(x) from the saved x.
-  Works under `jax.jit`, `jax.vmap` and `jax.grad`; forward-mode (`jax.jvp`) is not defined.
+  Works under `jax.jit`, `jax.vmap` and `jax.grad`; forward-mode (`jax.jvp`) is not defined here
+  (`mish_derivative` is the kernel for it).
 
   Args:
     x: input array.
-    block_size: elements per kernel block, a power of two, at least 128 and, compiled on Mosaic
-      GPU, at most `MAX_MOSAIC_BLOCK_SIZE`. Interpret mode runs faster with big blocks.
-    interpret: run the kernels in Pallas interpret mode (on CPU, for tests).
-    backend: the GPU lowering, `"mosaic_gpu"` (JAX's default) or `"triton"`.
+    block_size: elements per block, a power of two, at least `LANES`.
+    num_stages: input buffers per CTA, at least 1.
+    num_ctas: persistent CTAs, or `None` for as many as fit on the device.
+    interpret: `True` runs the kernels under Mosaic GPU's interpret mode (on CPU, for tests); an
+      `InterpretGPUParams` runs them with those parameters (e.g. `detect_races=True`).
 
   Returns:
     mish(x), of the shape and dtype of `x`.
 
   Raises:
     TypeError: if `x` is not float32, bfloat16 or float16.
-    ValueError: for a bad `block_size` or `backend`.
+    ValueError: for a bad tuning parameter, or, compiled, one whose buffers do not fit in a
+      Hopper CTA's shared memory.
   """
   x = jnp.asarray(x)
   check_dtype(x.dtype, "x")
-  check_backend(backend)
-  if block_size < LANES or block_size & (block_size - 1):
-    raise ValueError(f"block_size must be a power of two >= {LANES}, got {block_size}")
-  if backend == "mosaic_gpu" and not interpret and block_size > MAX_MOSAIC_BLOCK_SIZE:
-    raise ValueError(
-      f"block_size must be at most {MAX_MOSAIC_BLOCK_SIZE} on Mosaic GPU, got {block_size}"
-    )
-  return _mish(x, block_size, interpret, backend)
+  return _mish(x, TuningConfig(block_size, num_stages, num_ctas), interpret)
 
 
 # 5. The plain-jnp reference.
