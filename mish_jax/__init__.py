@@ -8,6 +8,7 @@ from mish_jax._src.activations import mish_grad as mish_grad
 from mish_jax._src.activations import relu as relu
 from mish_jax._src.activations import swish as swish
 from mish_jax._src.dispatch import IMPLEMENTATIONS as IMPLEMENTATIONS
+from mish_jax._src.dispatch import pallas_compiles as pallas_compiles
 from mish_jax._src.linear import MishLinear as MishLinear
 from mish_jax._src.linear import linear_mish as linear_mish
 
@@ -22,6 +23,7 @@ __all__ = (
   "linear_mish",
   "mish",
   "mish_grad",
+  "pallas_compiles",
   "relu",
   "swish",
 )
