@@ -1,13 +1,32 @@
-"""Mish and the activations it is compared with, and the registry that names them."""
+"""Mish and the activations it is compared with, and the registry that names them.
+
+Conventions, those of `jax.nn`, for `mish`, `mish_grad`, `swish` and `linear_mish` alike, on both
+implementations and with or without x64:
+
+* The result has the dtype and weak type that `jax.nn.mish(x)` has (`jax.nn.silu(x)` for
+  `swish`): a Python scalar or a weakly typed array gives a weakly typed result, integers of up
+  to 32 bits give float32 and 64-bit ones float64, bools follow `jax.nn` (weak for `mish`, strong
+  for `silu`). Gradients have the dtype and weak type of their primal, as JAX's own do.
+* Lists, tuples, None and other non-array arguments raise TypeError, as `jax.nn` does.
+* Two intended differences: complex inputs raise TypeError (the formulas and their clipping are
+  for the real line; `jax.nn.mish` computes a complex result), and the values at the limits are
+  exact: mish(-inf) = -0 and mish'(-inf) = 0 where `jax.nn.mish` gives NaN.
+"""
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array, lax
+
+# The one private JAX name used: no public API sets an array's weak type, which `jax.numpy`
+# itself does this way.
+from jax._src.lax.lax import _convert_element_type
 from jax.typing import ArrayLike
 
 from mish_jax._src.dispatch import resolve_implementation
@@ -38,14 +57,52 @@ _EXP_POLYNOMIAL = (
 _EXPONENT_BIAS_SHIFTER = 1.5 * 2.0**23 + 127
 
 
-def _as_inexact(x: ArrayLike, name: str) -> Array:
-  """Returns `x` as a real floating array; integers and bools promote as in `jax.nn`."""
-  x = jnp.asarray(x)
-  if jnp.issubdtype(x.dtype, jnp.complexfloating):
-    raise TypeError(f"{name} is defined for real inputs only, got dtype {x.dtype}")
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    x = x.astype(jnp.result_type(x, 1.0))
-  return x
+_ARRAYLIKE_TYPES = (jax.Array, np.ndarray, np.generic, bool, int, float, complex)
+
+
+def check_arraylike(name: str, *args: object) -> None:
+  """Raises TypeError, as `jax.nn` does, for an argument that is not an array or a scalar."""
+  for position, arg in enumerate(args):
+    if not isinstance(arg, _ARRAYLIKE_TYPES) and not hasattr(arg, "__jax_array__"):
+      raise TypeError(
+        f"{name} requires ndarray or scalar arguments, got {type(arg)} at position {position}."
+      )
+
+
+def check_real(name: str, **arrays: Array) -> None:
+  """Raises TypeError for a complex array, naming it."""
+  for arg_name, a in arrays.items():
+    if jnp.issubdtype(a.dtype, jnp.complexfloating):
+      raise TypeError(f"{name} is defined for real inputs only, got {arg_name} of dtype {a.dtype}")
+
+
+def promote_like(
+  reference: Callable[..., Array], name: str, *args: ArrayLike
+) -> tuple[list[Array], bool]:
+  """Checks `args` and finds the result type that `reference(*args)` has.
+
+  Args:
+    reference: the `jax.nn` function whose conventions to follow, e.g. `jax.nn.mish`.
+    name: the public function's name, for error messages.
+    *args: its array arguments.
+
+  Returns:
+    `(arrays, weak_type)`: `args` as strongly typed arrays of the dtype of `reference(*args)`,
+    found by tracing it alone, and that result's weak type.
+
+  Raises:
+    TypeError: for a non-array argument or a complex one.
+  """
+  check_arraylike(name, *args)
+  arrays = [jnp.asarray(a) for a in args]
+  check_real(name, **{f"argument {i}": a for i, a in enumerate(arrays)})
+  result = jax.eval_shape(reference, *arrays)
+  return [lax.convert_element_type(a, result.dtype) for a in arrays], result.weak_type
+
+
+def with_weak_type(y: Array, weak_type: bool) -> Array:
+  """`y`, weakly typed if `weak_type` (a no-op otherwise); differentiable."""
+  return _convert_element_type(y, y.dtype, weak_type=True) if weak_type else y
 
 
 def _compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
@@ -127,6 +184,27 @@ def _mish_bfloat16(x: Array) -> Array:
   return jnp.where(is_subnormal_x | (jnp.abs(y) < 2.0**-126), y_small, y.astype(jnp.bfloat16))
 
 
+@functools.cache
+def _float16_mish_table() -> np.ndarray:
+  """mish of every float16 bit pattern as float16 bits, from float64 rounded once.
+
+  In float32, 4 float16 inputs (e.g. 1.5712890625) have a mish within float32's error of the
+  midpoint between two float16 values, and round the wrong way; a read of this 128 KiB table
+  costs about what the float32 arithmetic does, and is correctly rounded by construction.
+  """
+  x = np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float64)
+  with np.errstate(over="ignore", invalid="ignore"):
+    y = np.where(x == -np.inf, -0.0, x * np.tanh(np.logaddexp(0.0, x)))
+  return y.astype(np.float16).view(np.uint16)
+
+
+def _mish_float16(x: Array) -> Array:
+  """Mish for float16, correctly rounded for every input, by table lookup."""
+  table = jnp.asarray(_float16_mish_table())
+  bits = lax.bitcast_convert_type(x, jnp.uint16)
+  return lax.bitcast_convert_type(table.at[bits].get(mode="promise_in_bounds"), jnp.float16)
+
+
 @functools.partial(jax.jit, static_argnames=("implementation",))
 def mish(x: ArrayLike, implementation: str | None = None) -> Array:
   r"""Mish activation function.
@@ -141,8 +219,10 @@ def mish(x: ArrayLike, implementation: str | None = None) -> Array:
   its derivative is a custom rule, exact at the limits (mish'(+inf) = 1, mish'(-inf) = 0) and
   itself differentiable, so `jax.hessian` and higher orders work.
 
-  float16 and bfloat16 are computed in float32 and returned in their own dtype; float64 (x64 mode)
-  is computed in float64. Integer inputs promote to the default float dtype, as in `jax.nn`.
+  The result has the dtype and weak type of `jax.nn.mish(x)` (see the module docstring). On the
+  XLA path every float16 and bfloat16 input is correctly rounded; float32 is within 2 ulp and
+  float64 within 8. The Pallas path (float16, bfloat16, float32) is differentiable to any order,
+  in both modes, with derivatives from the same formulas, and works under `shard_map`.
 
   For more information, see Misra, `Mish: A Self Regularized Non-Monotonic Neural Activation
   Function <https://arxiv.org/abs/1908.08681>`_.
@@ -153,10 +233,11 @@ def mish(x: ArrayLike, implementation: str | None = None) -> Array:
       Pallas kernels; interpreted on backends where Pallas does not compile, such as CPU).
 
   Returns:
-    An array of the shape of `x`, in its floating dtype.
+    An array of the shape of `x`.
 
   Raises:
-    TypeError: if `x` is complex.
+    TypeError: if `x` is not an array or a scalar, or is complex, or is float64 (x64 mode) with
+      `implementation="pallas"`.
     ValueError: if `implementation` is not one of the above.
 
   Example:
@@ -165,19 +246,21 @@ def mish(x: ArrayLike, implementation: str | None = None) -> Array:
     >>> mish_jax.mish(jnp.array([-jnp.inf, -1.0, 0.0, 1.0, jnp.inf]))
     Array([-0.        , -0.30340147,  0.        ,  0.86509836,         inf],      dtype=float32)
   """
-  x = _as_inexact(x, "mish")
+  (x,), weak_type = promote_like(jax.nn.mish, "mish", x)
   implementation, interpret = resolve_implementation(implementation)
   if implementation == "pallas":
-    from mish_jax.kernels import mish as mish_kernels  # Lazy: the kernels import Pallas.
+    from mish_jax._src import pallas  # Lazy: the kernels import Pallas.
 
-    return mish_kernels.mish(x, interpret=interpret)
-  return _mish_rematerialized(x)
+    return with_weak_type(pallas.mish(x, interpret=interpret), weak_type)
+  return with_weak_type(_mish_rematerialized(x), weak_type)
 
 
 @jax.custom_jvp
 def _mish(x: Array) -> Array:
   if x.dtype == jnp.bfloat16:
     return _mish_bfloat16(x)
+  if x.dtype == jnp.float16:
+    return _mish_float16(x)
   return _mish_xla(x.astype(_compute_dtype(x.dtype))).astype(x.dtype)
 
 
@@ -211,15 +294,19 @@ def mish_grad(x: ArrayLike) -> Array:
     x: input array.
 
   Returns:
-    mish'(x), of the shape and floating dtype of `x` (float16/bfloat16 computed in float32).
+    mish'(x), of the shape of `x` and the dtype and weak type of `jax.nn.mish(x)`
+    (float16/bfloat16 computed in float32).
+
+  Raises:
+    TypeError: if `x` is not an array or a scalar, or is complex.
 
   Example:
     >>> import mish_jax
     >>> mish_jax.mish_grad(0.0)
-    Array(0.6, dtype=float32)
+    Array(0.6, dtype=float32, weak_type=True)
   """
-  x = _as_inexact(x, "mish_grad")
-  return _mish_grad(x.astype(_compute_dtype(x.dtype))).astype(x.dtype)
+  (x,), weak_type = promote_like(jax.nn.mish, "mish_grad", x)
+  return with_weak_type(_mish_grad(x.astype(_compute_dtype(x.dtype))).astype(x.dtype), weak_type)
 
 
 @jax.custom_jvp
@@ -240,10 +327,14 @@ def _mish_grad(x: Array) -> Array:
 @_mish_grad.defjvp
 def _mish_grad_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
   (x,), (x_dot,) = primals, tangents
+  return _mish_grad(x), mish_second_derivative(x) * x_dot
+
+
+def mish_second_derivative(x: Array) -> Array:
+  """mish''(x) for float32 or float64 `x`, differentiable to any order (see above)."""
   x_c = jnp.maximum(jnp.minimum(x, _HIGH[x.dtype]), _LOW[x.dtype])
   s, sech2, sigmoid = _tanh_softplus(x), _sech2_softplus(x), jax.nn.sigmoid(x)
-  second = sech2 * sigmoid * (2 + x_c * (1 - sigmoid) - 2 * x_c * s * sigmoid)
-  return _mish_grad(x), second * x_dot
+  return sech2 * sigmoid * (2 + x_c * (1 - sigmoid) - 2 * x_c * s * sigmoid)
 
 
 @jax.custom_jvp
@@ -286,15 +377,22 @@ def swish(x: ArrayLike, beta: ArrayLike = 1.0) -> Array:
     beta: the slope inside the sigmoid; a scalar or an array broadcastable to `x`.
 
   Returns:
-    An array of the shape and floating dtype of `x`.
+    An array of the shape of `x` and the dtype and weak type of `jax.nn.silu(x)`; `beta` is
+    cast to that dtype.
+
+  Raises:
+    TypeError: if `x` or `beta` is not an array or a scalar, or is complex.
 
   Example:
     >>> import mish_jax
     >>> mish_jax.swish(1.0)
-    Array(0.7310586, dtype=float32)
+    Array(0.7310586, dtype=float32, weak_type=True)
   """
-  x = _as_inexact(x, "swish")
-  return x * jax.nn.sigmoid(jnp.asarray(beta, x.dtype) * x)
+  check_arraylike("swish", x, beta)
+  (x,), weak_type = promote_like(jax.nn.silu, "swish", x)
+  beta = jnp.asarray(beta)
+  check_real("swish", beta=beta)
+  return with_weak_type(x * jax.nn.sigmoid(beta.astype(x.dtype) * x), weak_type)
 
 
 @functools.partial(jax.jit, static_argnames=("approximate",))
@@ -325,22 +423,42 @@ def get_activation(name: str, **kwargs) -> Callable[[ArrayLike], Array]:
 
   Args:
     name: one of `ACTIVATIONS`: "relu", "swish", "mish", "gelu", "jax_mish" (`jax.nn.mish`,
-      the reference) or "mish_pallas".
-    **kwargs: keyword arguments bound to the activation, e.g. `beta=1.5` for Swish-beta.
+      the reference) or "mish_pallas" (`mish` with `implementation="pallas"`).
+    **kwargs: keyword arguments bound to the activation, e.g. `beta=1.5` for Swish-beta; each must
+      be one of the activation's own arguments after `x`.
 
   Returns:
     A callable from an array to an array, usable as a Flax activation.
 
   Raises:
-    ValueError: for an unknown name; the message lists the valid ones.
+    ValueError: for an unknown name (the message lists the valid ones), an unknown
+      `implementation`, or an `implementation` for "mish_pallas", which has its own.
+    TypeError: for a keyword the activation does not take; the message lists those it does.
 
   Example:
     >>> import mish_jax
     >>> swish_beta = mish_jax.get_activation("swish", beta=2.0)
     >>> swish_beta(1.0)
-    Array(0.880797, dtype=float32)
+    Array(0.880797, dtype=float32, weak_type=True)
   """
   if name not in _REGISTRY:
     raise ValueError(f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}")
   activation = _REGISTRY[name]
+  if name == "mish_pallas" and "implementation" in kwargs:
+    raise ValueError(
+      "'mish_pallas' is mish with implementation='pallas'; for another implementation use "
+      f"get_activation('mish', implementation={kwargs['implementation']!r})"
+    )
+  # Checked now rather than at the first call, deep inside a model.
+  accepted = [p for p in inspect.signature(activation).parameters if p != "x"]
+  if name == "mish_pallas":
+    accepted.remove("implementation")
+  unknown = sorted(set(kwargs) - set(accepted))
+  if unknown:
+    raise TypeError(
+      f"activation {name!r} takes no argument {', '.join(map(repr, unknown))}; "
+      f"it accepts {', '.join(accepted) if accepted else 'none besides x'}"
+    )
+  if "implementation" in kwargs:
+    resolve_implementation(kwargs["implementation"])
   return functools.partial(activation, **kwargs) if kwargs else activation

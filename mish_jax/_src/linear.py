@@ -13,16 +13,19 @@ from flax.typing import Dtype, Initializer
 from jax import Array
 from jax.typing import ArrayLike
 
-from mish_jax._src.activations import mish
+from mish_jax._src.activations import (
+  check_arraylike,
+  check_real,
+  mish,
+  promote_like,
+  with_weak_type,
+)
 from mish_jax._src.dispatch import resolve_implementation
 
 
 def _check_operands(x: Array, kernel: Array, bias: Array | None) -> None:
   """Raises a TypeError or ValueError, naming the culprit, for operands a dense layer rejects."""
-  named = {"x": x, "kernel": kernel} | ({} if bias is None else {"bias": bias})
-  for name, a in named.items():
-    if jnp.issubdtype(a.dtype, jnp.complexfloating):
-      raise TypeError(f"linear_mish is defined for real inputs only, got {name} of dtype {a.dtype}")
+  check_real("linear_mish", x=x, kernel=kernel, **({} if bias is None else {"bias": bias}))
   if kernel.ndim != 2:
     raise ValueError(f"kernel must have shape (in_features, out_features), got {kernel.shape}")
   if x.ndim < 1:
@@ -57,11 +60,13 @@ def linear_mish(
       interpreted on backends where Pallas does not compile, such as CPU).
 
   Returns:
-    The `(..., out_features)` activations, in `jnp.result_type(x, kernel, bias)`; integer inputs
-    promote to the default float dtype.
+    The `(..., out_features)` activations, with the dtype and weak type of
+    `jax.nn.mish(x @ kernel + bias)`, as `mish_jax.mish` has (integers are computed in floating
+    point, not in an integer matmul). Both implementations are differentiable to any order,
+    in forward and reverse mode.
 
   Raises:
-    TypeError: for complex operands, or dtypes the Pallas kernel lacks (e.g. float64).
+    TypeError: for non-array or complex operands, or dtypes the Pallas kernel lacks (float64).
     ValueError: for mismatched shapes or an unknown implementation.
 
   Example:
@@ -72,20 +77,25 @@ def linear_mish(
            [0.86509836, 0.86509836, 0.86509836]], dtype=float32)
   """
   implementation, interpret = resolve_implementation(implementation)
-  x, kernel = jnp.asarray(x), jnp.asarray(kernel)
-  bias = None if bias is None else jnp.asarray(bias)
-  _check_operands(x, kernel, bias)
   operands = (x, kernel) if bias is None else (x, kernel, bias)
-  # As in `jax.nn`, integers and bools compute in the default float dtype.
-  dtype = jnp.result_type(*operands, 1.0)
-  x, kernel = x.astype(dtype), kernel.astype(dtype)
-  bias = None if bias is None else bias.astype(dtype)
+  check_arraylike("linear_mish", *operands)
+  _check_operands(jnp.asarray(x), jnp.asarray(kernel), None if bias is None else jnp.asarray(bias))
+  (x, kernel, *rest), weak_type = promote_like(_reference, "linear_mish", *operands)
+  bias = rest[0] if rest else None
   if implementation == "pallas":
-    from mish_jax.kernels import linear_mish as linear_mish_kernels  # Lazy: imports Pallas.
+    from mish_jax._src import pallas  # Lazy: the kernels import Pallas.
 
-    return linear_mish_kernels.linear_mish(x, kernel, bias, interpret=interpret)
+    y = pallas.linear_mish(x, kernel, bias, interpret=interpret)
+  else:
+    z = jnp.matmul(x, kernel)
+    y = mish(z if bias is None else z + bias, implementation="xla")
+  return with_weak_type(y, weak_type)
+
+
+def _reference(x: Array, kernel: Array, bias: Array | None = None) -> Array:
+  """The composition whose result type `linear_mish` has."""
   z = jnp.matmul(x, kernel)
-  return mish(z if bias is None else z + bias, implementation="xla")
+  return jax.nn.mish(z if bias is None else z + bias)
 
 
 class MishLinear(nnx.Module):
@@ -131,9 +141,13 @@ class MishLinear(nnx.Module):
       implementation: `None`, `"xla"` or `"pallas"`, as in `linear_mish`.
 
     Raises:
-      ValueError: for an unknown implementation.
+      ValueError: for an unknown implementation, or a feature count that is not a positive
+        integer (`nnx.Linear`'s default initializer divides by `in_features`).
     """
     resolve_implementation(implementation)  # Fails here rather than at the first call.
+    for name, count in (("in_features", in_features), ("out_features", out_features)):
+      if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError(f"{name} must be a positive integer, got {count!r}")
     self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features), param_dtype))
     self.bias: nnx.Param[Array] | None
     if use_bias:
