@@ -160,10 +160,8 @@ class TuningConfig:
       raise ValueError(f"tile_m must be a multiple of 64 in [64, 256], got {self.tile_m}")
     if self.tile_n % row or not 0 < self.tile_n <= 256:
       raise ValueError(f"tile_n must be a multiple of {row} in [{row}, 256], got {self.tile_n}")
-    if self.tile_k != row:
-      raise ValueError(
-        f"tile_k must be {row} (128 bytes) for {jnp.dtype(dtype)}, got {self.tile_k}"
-      )
+    if self.tile_k % row or not 0 < self.tile_k <= 256:
+      raise ValueError(f"tile_k must be a multiple of {row} in [{row}, 256], got {self.tile_k}")
     # One stage would refill the slot that the wgmma in flight still reads.
     if self.max_concurrent_steps < 2:
       raise ValueError(f"max_concurrent_steps must be >= 2, got {self.max_concurrent_steps}")

@@ -1,22 +1,37 @@
-"""Tests of the fused Pallas kernel `mish_jax.kernels.linear_mish`.
+"""Tests of the fused Mosaic GPU kernel `mish_jax.kernels.linear_mish`.
 
-The base class holds the tests; its `Interpret` subclass runs them in Pallas interpret mode (CI,
-on CPU), its `Compiled` subclass compiles them and runs only where JAX has a GPU. References: the
-unfused float32-accumulated jnp composition.
+The base class holds the tests. Its `Interpret` subclass runs the very kernel a Hopper GPU would,
+under Mosaic GPU interpret mode (shared memory, TMA copies, barriers and `wgmma` simulated on the
+CPU), with the race detector on and every buffer filled with NaN until written; its `Compiled`
+subclass runs only on a Hopper GPU. The lowering tests export the kernel for CUDA from any host.
+References: the unfused float32-accumulated jnp composition and its autodiff gradients.
 """
 
 from __future__ import annotations
+
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks
+from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call as gpu_interpret
+from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
 from mish_jax.kernels import linear_mish as linear_mish_kernels
+from mish_jax.kernels.linear_mish import TuningConfig
 
 from mish_jax._src import activations
+from tests.kernel_testing import DTYPES, assert_lowers_to_mosaic_gpu, cuda_module_text
+
+# Relative (Frobenius) error allowed against the unfused float32-accumulated composition.
+_TOL = {jnp.dtype(jnp.float32): 2e-6, jnp.dtype(jnp.bfloat16): 1e-2, jnp.dtype(jnp.float16): 2e-3}
+# (M, K, N): ragged in all three, over two M tiles, three N tiles and five K steps (more than the
+# four pipeline stages, so slots are refilled); all sizes 1; whole tiles (16-bit: no padding).
+_INTERPRET_SHAPES = [(130, 300, 260), (1, 1, 1), (64, 64, 64)]
 
 
-def _linear_operands(x_shape, n, dtype, seed=0):
+def _operands(x_shape, n, dtype, seed=0):
   k = x_shape[-1]
   keys = jax.random.split(jax.random.key(seed), 4)
   x = jax.random.normal(keys[0], x_shape, jnp.float32).astype(dtype)
@@ -37,87 +52,98 @@ def _relative_error(actual, expected) -> float:
   return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-30))
 
 
-# Relative (Frobenius) error allowed against the unfused float32-accumulated composition.
-_LINEAR_TOL = {jnp.float32: 2e-6, jnp.bfloat16: 1e-2, jnp.float16: 2e-3}
+def _ids(value):
+  return jnp.dtype(value).name if isinstance(value, type) else str(value)
 
 
 class LinearMishKernelTestBase:
   """The fused mish(x @ kernel + bias) kernel, against the unfused compositions."""
 
-  interpret: bool
+  interpret: bool | InterpretGPUParams
+
+  def check_call(self) -> None:
+    """Called after kernel runs: what the run mode can verify beyond the results."""
 
   def _linear_mish(self, *args, **kwargs):
     return linear_mish_kernels.linear_mish(*args, interpret=self.interpret, **kwargs)
 
-  @pytest.mark.parametrize(
-    "x_shape, n, backend, dtype",
-    [
-      (x_shape, n, backend, dtype)
-      for x_shape, n in [
-        ((1, 1), 1),
-        ((5, 7), 3),
-        ((130, 200), 260),
-        ((128, 64), 128),
-        ((2, 3, 17), 33),
-      ]
-      for backend, dtype in [("mosaic_gpu", jnp.float32), ("mosaic_gpu", jnp.bfloat16)]
-    ]
-    + [
-      ((130, 200), 260, "triton", jnp.float32),
-      ((2, 3, 17), 33, "triton", jnp.float16),
-    ],
-    ids=lambda v: jnp.dtype(v).name if isinstance(v, type) else str(v),
-  )
-  def test_forward_and_gradients_match_unfused(self, x_shape, n, backend, dtype):
-    x, kernel, bias, g = _linear_operands(x_shape, n, dtype)
-    y, vjp = jax.vjp(lambda *a: self._linear_mish(*a, backend=backend), x, kernel, bias)
-    grads = vjp(g)
-    y_ref = linear_mish_kernels.linear_mish_reference(x, kernel, bias)
-    # Gradients against the same derivative formula: x tanh(softplus(x)) differentiated by
-    # autodiff loses relative precision near mish's minimum, where mish'(z) = 0.
-    grads_ref = jax.vjp(_unfused_float32, x, kernel, bias)[1](g)
+  def _run(self, *args, **kwargs):
+    out = jax.block_until_ready(self._linear_mish(*args, **kwargs))
+    self.check_call()
+    return out
 
-    assert y.shape == (*x_shape[:-1], n) and y.dtype == dtype
-    assert not np.isnan(np.asarray(y, np.float32)).any()  # Fully written, ragged tiles too.
-    tol = _LINEAR_TOL[dtype]
-    assert _relative_error(y, y_ref) <= tol
-    # The XLA composition rounds x @ kernel to `dtype` before the bias and Mish.
-    z = jnp.matmul(x, kernel) + bias
-    assert _relative_error(y, activations.mish(z, implementation="xla")) <= 2 * tol
-    # Errors are judged against the gradients' scale with mish' = 1: near mish's minimum,
-    # mish'(z) = 0 and a gradient element is all rounding error, in any implementation.
-    g64, x64, kernel64 = (
-      np.asarray(a, np.float64).reshape(-1, a.shape[-1]) for a in (g, x, kernel)
-    )
+  @pytest.mark.parametrize("mkn", _INTERPRET_SHAPES, ids=str)
+  @pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+  def test_forward_and_gradients_match_unfused(self, mkn, dtype):
+    m, k, n = mkn
+    x, kernel, bias, g = _operands((m, k), n, dtype)
+    y, vjp = jax.vjp(self._linear_mish, x, kernel, bias)
+    grads = vjp(g)
+    jax.block_until_ready((y, grads))
+    self.check_call()
+    assert y.shape == (m, n) and y.dtype == dtype
+    # Written everywhere: the interpreter fills unwritten memory with NaN.
+    assert np.isfinite(np.asarray(y, np.float32)).all()
+    tol = _TOL[jnp.dtype(dtype)]
+    assert _relative_error(y, linear_mish_kernels.linear_mish_reference(x, kernel, bias)) <= tol
+    # Gradients against the same derivative formula, judged against the gradients' scale with
+    # mish' = 1: near mish's minimum mish'(z) = 0 and an element is all rounding error.
+    grads_ref = jax.vjp(_unfused_float32, x, kernel, bias)[1](g)
+    g64, x64, kernel64 = (np.asarray(a, np.float64) for a in (g, x, kernel))
     scales = (g64 @ kernel64.T, x64.T @ g64, g64.sum(0))
     for name, grad, grad_ref, scale in zip(
       ("x", "kernel", "bias"), grads, grads_ref, scales, strict=True
     ):
       assert grad.dtype == grad_ref.dtype and grad.shape == grad_ref.shape, name
-      error = np.linalg.norm(np.asarray(grad, np.float64) - np.asarray(grad_ref, np.float64))
-      assert error <= 2 * tol * max(
-        np.linalg.norm(np.asarray(grad_ref, np.float64)), np.linalg.norm(scale)
-      ), name
+      grad64, grad_ref64 = np.asarray(grad, np.float64), np.asarray(grad_ref, np.float64)
+      assert np.isfinite(grad64).all(), name
+      bound = 2 * tol * max(np.linalg.norm(grad_ref64), np.linalg.norm(scale))
+      assert np.linalg.norm(grad64 - grad_ref64) <= bound, name
 
-  def test_without_bias(self):
-    x, kernel, _, _ = _linear_operands((6, 10), 20, jnp.float32)
-    y = self._linear_mish(x, kernel)
-    np.testing.assert_allclose(
-      y, linear_mish_kernels.linear_mish_reference(x, kernel), rtol=1e-6, atol=1e-6
+  @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=_ids)
+  def test_raw_forward_saves_z(self, dtype):
+    x, kernel, bias, _ = _operands((70, 90), 40, dtype)
+    y, z = linear_mish_kernels.linear_mish_forward(
+      x, kernel, bias.astype(jnp.float32), interpret=self.interpret, save_z=True
     )
+    jax.block_until_ready((y, z))
+    self.check_call()
+    z_ref = jnp.matmul(x, kernel, preferred_element_type=jnp.float32) + bias.astype(jnp.float32)
+    tol = _TOL[jnp.dtype(dtype)]
+    assert z.dtype == y.dtype == dtype and z.shape == y.shape == (70, 40)
+    assert _relative_error(z, z_ref) <= tol
+    assert _relative_error(y, linear_mish_kernels.linear_mish_reference(x, kernel, bias)) <= tol
 
-  def test_small_blocks_many_k_steps(self):
-    x, kernel, bias, _ = _linear_operands((70, 300), 50, jnp.bfloat16)
-    y = self._linear_mish(x, kernel, bias, block_m=64, block_n=16, block_k=32)
-    assert _relative_error(y, linear_mish_kernels.linear_mish_reference(x, kernel, bias)) <= 1e-2
+  @pytest.mark.parametrize(
+    "dtype, config",
+    [
+      # Two stages over five K steps, two tiles in M and N, each ragged.
+      (jnp.bfloat16, TuningConfig(tile_m=64, tile_n=64, tile_k=64, max_concurrent_steps=2)),
+      # Two 128-byte rows per K step; three stages over three K steps, four N tiles.
+      (jnp.float32, TuningConfig(tile_m=64, tile_n=32, tile_k=64, max_concurrent_steps=3)),
+    ],
+    ids=_ids,
+  )
+  def test_small_tiles_many_steps(self, dtype, config):
+    x, kernel, bias, _ = _operands((70, 300 if dtype == jnp.bfloat16 else 150), 100, dtype)
+    y = self._run(x, kernel, bias, config=config)
+    expected = linear_mish_kernels.linear_mish_reference(x, kernel, bias)
+    assert _relative_error(y, expected) <= _TOL[jnp.dtype(dtype)]
+
+  def test_without_bias_and_batched(self):
+    x, kernel, _, _ = _operands((2, 3, 17), 33, jnp.float16)
+    y = self._run(x, kernel)
+    assert y.shape == (2, 3, 33)
+    expected = linear_mish_kernels.linear_mish_reference(x, kernel)
+    assert _relative_error(y, expected) <= _TOL[jnp.dtype(jnp.float16)]
 
   def test_jit_and_vmap(self):
-    x, kernel, bias, _ = _linear_operands((3, 4, 10), 20, jnp.float32)
+    x, kernel, bias, _ = _operands((3, 4, 10), 20, jnp.float32)
     fused = jax.jit(self._linear_mish)
     reference = linear_mish_kernels.linear_mish_reference
     # Shared weights fold the batch into M; batched weights loop over the batch.
     np.testing.assert_allclose(
-      jax.vmap(fused, (0, None, None))(x, kernel, bias),
+      jax.block_until_ready(jax.vmap(fused, (0, None, None))(x, kernel, bias)),
       reference(x, kernel, bias),
       rtol=1e-5,
       atol=1e-6,
@@ -136,6 +162,8 @@ class LinearMishKernelTestBase:
     grads = jax.vmap(jax.grad(lambda *a: loss(fused, *a), argnums=(0, 1, 2)), (0, None, None))(
       x, kernel, bias
     )
+    jax.block_until_ready(grads)
+    self.check_call()
     grads_ref = jax.vmap(
       jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2)), (0, None, None)
     )(x, kernel, bias)
@@ -143,21 +171,23 @@ class LinearMishKernelTestBase:
       assert _relative_error(grad, grad_ref) <= 1e-5
 
   @pytest.mark.parametrize(
-    "x_shape, kernel_shape, bias_shape, kwargs, error",
+    "x_shape, kernel_shape, bias_shape, config",
     [
-      ((4, 3), (5, 2), (2,), {}, ValueError),
-      ((4, 3), (3,), None, {}, ValueError),
-      ((4, 3), (3, 2), (3,), {}, ValueError),
-      ((4, 3), (3, 2), (2,), {"backend": "cuda"}, ValueError),
-      ((4, 3), (3, 2), (2,), {"block_m": 32}, ValueError),  # wgmma: multiples of 64.
-      ((4, 3), (3, 2), (2,), {"block_k": 512}, ValueError),
-      ((4, 3), (3, 2), (2,), {"backend": "triton", "block_n": 24}, ValueError),
+      ((4, 3), (5, 2), (2,), None),
+      ((4, 3), (3,), None, None),
+      ((4, 3), (3, 2), (3,), None),
+      ((4, 3), (3, 2), (2,), TuningConfig(32, 128, 32, 2)),  # wgmma: M a multiple of 64.
+      ((4, 3), (3, 2), (2,), TuningConfig(64, 48, 32, 2)),  # N not a 128-byte row.
+      ((4, 3), (3, 2), (2,), TuningConfig(64, 128, 16, 2)),  # K not a 128-byte row.
+      ((4, 3), (3, 2), (2,), TuningConfig(64, 128, 512, 2)),  # Past TMA's 256.
+      ((4, 3), (3, 2), (2,), TuningConfig(64, 128, 32, 1)),  # One stage cannot overlap.
+      ((4, 3), (3, 2), (2,), TuningConfig(256, 256, 32, 4)),  # 320 KiB of shared memory.
     ],
   )
-  def test_bad_arguments(self, x_shape, kernel_shape, bias_shape, kwargs, error):
+  def test_bad_arguments(self, x_shape, kernel_shape, bias_shape, config):
     bias = None if bias_shape is None else jnp.ones(bias_shape)
-    with pytest.raises(error):
-      self._linear_mish(jnp.ones(x_shape), jnp.ones(kernel_shape), bias, **kwargs)
+    with pytest.raises(ValueError):
+      self._linear_mish(jnp.ones(x_shape), jnp.ones(kernel_shape), bias, config=config)
 
   def test_bad_dtypes(self):
     with pytest.raises(TypeError):
@@ -166,19 +196,105 @@ class LinearMishKernelTestBase:
       self._linear_mish(jnp.ones((2, 3), jnp.int32), jnp.ones((3, 2), jnp.int32))
 
   def test_empty(self):
+    # No kernel runs for an empty output.
     assert self._linear_mish(jnp.ones((0, 3)), jnp.ones((3, 2))).shape == (0, 2)
     assert self._linear_mish(jnp.ones((4, 3)), jnp.ones((3, 0))).shape == (4, 0)
     np.testing.assert_allclose(  # K = 0: mish(bias).
-      self._linear_mish(jnp.ones((2, 0)), jnp.ones((0, 3)), jnp.arange(3.0)),
+      self._run(jnp.ones((2, 0)), jnp.ones((0, 3)), jnp.arange(3.0)),
       jnp.broadcast_to(activations.mish(jnp.arange(3.0)), (2, 3)),
       rtol=1e-6,
     )
 
 
 class TestLinearMishKernelInterpret(LinearMishKernelTestBase):
-  interpret = True
+  # NaN-filled memory shows unwritten outputs. One simulated TMA unit per copy in flight: with
+  # fewer, copies share a clock and a missing barrier wait can go unseen (JAX 0.10's default is 1).
+  interpret = InterpretGPUParams(
+    detect_races=True, uninitialized_memory="nan", num_tma_threads_per_device=8
+  )
+
+  @pytest.fixture(autouse=True)
+  def _record_race_detection(self, monkeypatch):
+    # Every interpreted kernel run makes a fresh race detection state and drops it at the end:
+    # record them all, so that a race in any kernel of a call (forward or backward) is seen.
+    self._race_states = []
+    real_state = gpu_callbacks.RaceDetectionState
+
+    def recording_state(*args, **kwargs):
+      state = real_state(*args, **kwargs)
+      self._race_states.append(state)
+      return state
+
+    # A failed run leaves the interpreter's state behind; every test starts from a clean one.
+    gpu_interpret.reset_gpu_interpret_mode_state()
+    monkeypatch.setattr(gpu_callbacks, "RaceDetectionState", recording_state)
+    yield
+    gpu_interpret.reset_gpu_interpret_mode_state()
+
+  def check_call(self) -> None:
+    assert self._race_states, "no kernel ran under GPU interpret mode"
+    assert not any(state.races_found for state in self._race_states), "a data race"
+    self._race_states.clear()
 
 
-@pytest.mark.skipif(jax.default_backend() != "gpu", reason="compiled Pallas kernels need a GPU")
+def _is_hopper() -> bool:
+  device = jax.devices()[0]
+  return device.platform == "gpu" and getattr(device, "compute_capability", "").startswith("9.")
+
+
+@pytest.mark.skipif(not _is_hopper(), reason="the compiled Mosaic GPU kernel needs a Hopper GPU")
 class TestLinearMishKernelCompiled(LinearMishKernelTestBase):
   interpret = False
+
+
+# Lowering for CUDA, from any host. Each of 1, 33, 200, 300, 1000 and 4096 appears in M, K and N
+# for every dtype (a Latin square over the sizes), as do leading batch dimensions.
+_SIZES = (1, 33, 200, 300, 1000, 4096)
+_LOWERING_SHAPES = [
+  (dtype, _SIZES[i], _SIZES[(i + 1 + d) % 6], _SIZES[(i + 3 + d) % 6])
+  for d, dtype in enumerate(DTYPES)
+  for i in range(6)
+]
+
+
+@pytest.mark.parametrize("dtype, m, k, n", _LOWERING_SHAPES, ids=_ids)
+def test_forward_and_backward_lower_to_mosaic_gpu(dtype, m, k, n):
+  x, kernel, bias = jnp.zeros((m, k), dtype), jnp.zeros((k, n), dtype), jnp.zeros((n,), dtype)
+  assert_lowers_to_mosaic_gpu(linear_mish_kernels.linear_mish, x, kernel, bias)
+
+  def loss(x, kernel, bias):
+    return jnp.sum(linear_mish_kernels.linear_mish(x, kernel, bias).astype(jnp.float32))
+
+  text = assert_lowers_to_mosaic_gpu(jax.grad(loss, argnums=(0, 1, 2)), x, kernel, bias)
+  assert text.count("stablehlo.custom_call @mosaic_gpu") >= 2  # The forward and gz's kernel.
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+def test_batched_and_vmapped_lower_to_mosaic_gpu(dtype):
+  x, kernel, bias = jnp.zeros((4, 75, 300), dtype), jnp.zeros((300, 200), dtype), jnp.zeros(200)
+  assert_lowers_to_mosaic_gpu(linear_mish_kernels.linear_mish, x, kernel, bias)
+  kernels = jnp.zeros((4, 300, 200), dtype)
+  batched = jax.vmap(linear_mish_kernels.linear_mish, (0, 0, None))
+  assert_lowers_to_mosaic_gpu(batched, x, kernels, bias)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+@pytest.mark.parametrize("m, k, n", [(65536, 256, 1024), (4096, 4096, 4096)], ids=str)
+def test_whole_tiles_make_no_extra_pass(dtype, m, k, n):
+  """The benchmarked shapes reach the kernel as they are: no pad, slice or copy of x or y."""
+  x, kernel, bias = jnp.zeros((m, k), dtype), jnp.zeros((k, n), dtype), jnp.zeros((n,), dtype)
+  text = cuda_module_text(linear_mish_kernels.linear_mish, x, kernel, bias)
+  ops = set(re.findall(r"stablehlo\.(\w+)", text))
+  # Only the bias's cast to float32 and, for tf32's K-major weight, the weight's transpose.
+  allowed = {"custom_call", "convert"} | ({"transpose"} if dtype == jnp.float32 else set())
+  assert ops <= allowed, ops - allowed
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+def test_default_configs_fit_shared_memory(dtype):
+  config = linear_mish_kernels.default_config(dtype)
+  config.validate(dtype)
+  assert config.smem_bytes(dtype) <= linear_mish_kernels.SMEM_BYTES
+  small = linear_mish_kernels.default_config(dtype, 1, 1)
+  small.validate(dtype)
+  assert small.tile_m == 64 and small.tile_n * jnp.dtype(dtype).itemsize == 128
