@@ -81,13 +81,21 @@ class TestAccuracy:
     np.testing.assert_array_equal(np.asarray(mish_jax.mish(far_below)).view(np.uint32), 2**31)
 
   @pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16], ids=["bfloat16", "float16"])
-  def test_half_precision_within_one_ulp_of_correctly_rounded(self, dtype):
+  def test_half_precision_correctly_rounded_for_every_input(self, dtype):
+    # Exhaustive: float64, rounded once, is the correctly rounded result for every 16-bit input
+    # (no float64 mish lies within float64's error of a midpoint between 16-bit values).
     x = every_finite(dtype)
     correctly_rounded = mish_reference(x.astype(np.float64)).astype(dtype)
     actual = np.asarray(mish_jax.mish(x))
     assert actual.dtype == dtype
     distance = ulps_between(actual, correctly_rounded)
-    assert distance.max() <= 1, x[distance.argmax()]
+    assert distance.max() == 0, (x[distance > 0], actual[distance > 0])
+
+  def test_float16_hard_cases_that_float32_rounds_the_wrong_way(self):
+    # Each mish lies within float32's error of a midpoint between two float16 values.
+    x = np.array([1.5712890625, 0.0006103515625, -0.0006103515625], np.float16)
+    expected = np.array([1.4814453125, 0.0003662109375, -0.00036597251892089844], np.float16)
+    np.testing.assert_array_equal(mish_jax.mish(x), expected)
 
   def test_float32_gradient_absolute_error(self):
     x = np.linspace(-40, 40, 1_000_001, dtype=np.float32)
@@ -290,6 +298,28 @@ class TestActivationFamily:
     swish_beta = mish_jax.get_activation("swish", beta=1.7)
     np.testing.assert_allclose(swish_beta(x), x / (1 + np.exp(-1.7 * x)), rtol=2e-6, atol=1e-7)
     np.testing.assert_allclose(mish_jax.swish(x), jax.nn.silu(x), rtol=1e-6)
+
+  @pytest.mark.parametrize(
+    "name, kwargs, accepted",
+    [
+      ("relu", {"beta": 2}, "none besides x"),
+      ("swish", {"gamma": 2}, "beta"),
+      ("gelu", {"beta": 2}, "approximate"),
+      ("mish", {"beta": 2}, "implementation"),
+      ("mish_pallas", {"beta": 2}, "none besides x"),
+    ],
+  )
+  def test_unknown_arguments_raise_at_once_naming_the_accepted_ones(self, name, kwargs, accepted):
+    with pytest.raises(TypeError, match=f"{name}' takes no argument '.*'; it accepts {accepted}"):
+      mish_jax.get_activation(name, **kwargs)
+
+  def test_mish_pallas_refuses_another_implementation(self):
+    with pytest.raises(ValueError, match="'mish_pallas' is mish with implementation='pallas'"):
+      mish_jax.get_activation("mish_pallas", implementation="xla")
+    with pytest.raises(ValueError, match="implementation must be None, 'xla' or 'pallas'"):
+      mish_jax.get_activation("mish", implementation="cuda")
+    mish_xla = mish_jax.get_activation("mish", implementation="xla")
+    assert mish_xla(1.0) == mish_jax.mish(1.0)
 
   def test_unknown_name_lists_the_valid_ones(self):
     with pytest.raises(

@@ -194,6 +194,14 @@ def test_unknown_implementation():
     MishLinear(3, 2, rngs=nnx.Rngs(0), implementation="cuda")
 
 
+@pytest.mark.parametrize("features", [(0, 4), (4, 0), (-1, 4), (2.5, 4), (True, 4)], ids=str)
+def test_mish_linear_refuses_feature_counts_that_are_not_positive_integers(features):
+  # nnx.Linear(0, 4) fails in its initializer with a ZeroDivisionError.
+  with pytest.raises(ValueError, match="_features must be a positive integer"):
+    MishLinear(*features, rngs=nnx.Rngs(0))
+  assert MishLinear(np.int64(2), 3, rngs=nnx.Rngs(0))(jnp.ones((1, 2))).shape == (1, 3)
+
+
 def test_pallas_rejects_float64():
   with jax.enable_x64(True):
     x = jnp.ones((2, 3), jnp.float64)

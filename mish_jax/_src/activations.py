@@ -3,10 +3,11 @@
 Conventions, those of `jax.nn`, for `mish`, `mish_grad`, `swish` and `linear_mish` alike, on both
 implementations and with or without x64:
 
-* The result has the dtype and weak type that `jax.nn.mish(x)` has (`jax.nn.silu(x)` for
-  `swish`): a Python scalar or a weakly typed array gives a weakly typed result, integers of up
-  to 32 bits give float32 and 64-bit ones float64, bools follow `jax.nn` (weak for `mish`, strong
-  for `silu`). Gradients have the dtype and weak type of their primal, as JAX's own do.
+* The result has the dtype and weak type that `jax.nn.mish(x)` has: a floating input keeps its
+  dtype and weak type (a Python float or a weakly typed array gives a weakly typed result),
+  integers of up to 32 bits give float32 and 64-bit ones float64, bools the default float,
+  weakly typed. Gradients have the dtype and weak type of their primal, as JAX's own do.
+  (`jax.nn.silu` agrees for floating inputs and rejects integers; `swish` promotes them.)
 * Lists, tuples, None and other non-array arguments raise TypeError, as `jax.nn` does.
 * Two intended differences: complex inputs raise TypeError (the formulas and their clipping are
   for the real line; `jax.nn.mish` computes a complex result), and the values at the limits are
@@ -377,8 +378,8 @@ def swish(x: ArrayLike, beta: ArrayLike = 1.0) -> Array:
     beta: the slope inside the sigmoid; a scalar or an array broadcastable to `x`.
 
   Returns:
-    An array of the shape of `x` and the dtype and weak type of `jax.nn.silu(x)`; `beta` is
-    cast to that dtype.
+    An array of the shape of `x` and the dtype and weak type of `jax.nn.mish(x)`, which are
+    those of `jax.nn.silu(x)` for floating `x`; `beta` is cast to that dtype.
 
   Raises:
     TypeError: if `x` or `beta` is not an array or a scalar, or is complex.
@@ -389,7 +390,7 @@ def swish(x: ArrayLike, beta: ArrayLike = 1.0) -> Array:
     Array(0.7310586, dtype=float32, weak_type=True)
   """
   check_arraylike("swish", x, beta)
-  (x,), weak_type = promote_like(jax.nn.silu, "swish", x)
+  (x,), weak_type = promote_like(jax.nn.mish, "swish", x)
   beta = jnp.asarray(beta)
   check_real("swish", beta=beta)
   return with_weak_type(x * jax.nn.sigmoid(beta.astype(x.dtype) * x), weak_type)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -146,7 +147,7 @@ class MishLinear(nnx.Module):
     """
     resolve_implementation(implementation)  # Fails here rather than at the first call.
     for name, count in (("in_features", in_features), ("out_features", out_features)):
-      if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+      if not isinstance(count, numbers.Integral) or isinstance(count, bool) or count < 1:
         raise ValueError(f"{name} must be a positive integer, got {count!r}")
     self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features), param_dtype))
     self.bias: nnx.Param[Array] | None
