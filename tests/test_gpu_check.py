@@ -1,0 +1,315 @@
+"""Tests of `benchmarks/gpu_check.py`, the one command for a lent Hopper GPU, on this CPU.
+
+The end-to-end test runs the real command: every section, with the kernels under Mosaic GPU
+interpret mode (checked, not timed) and XLA timed on tiny shapes, so the script is known to work
+before it meets a GPU. The rest are fast in-process tests of its parts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from mish_jax.kernels import linear_mish as linear_mish_kernels
+from mish_jax.kernels import mish as mish_kernels
+
+from benchmarks import gpu_check, timing
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.py"
+
+
+def _run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout
+  )
+
+
+def test_runs_end_to_end_on_cpu(tmp_path):
+  out = tmp_path / "check"
+  done = _run_script("--out", str(out), "--quick")
+  log = (out / gpu_check.LOG).read_text() if (out / gpu_check.LOG).exists() else ""
+  assert done.returncode == 0, done.stdout + done.stderr + log[-3000:]
+  # One progress line per section, started and finished.
+  for index, name in enumerate(gpu_check.SECTIONS, 1):
+    assert f"[gpu_check] {index}/4 {name}: started" in done.stdout
+    assert f"[gpu_check] {index}/4 {name}: done" in done.stdout
+
+  results = json.loads((out / gpu_check.RESULTS).read_text())
+  env = results["environment"]
+  assert env["platform"] == "cpu" and env["mode"] == "Pallas under GPU interpret mode"
+  assert env["jax"] == jax.__version__ and env["date"] and env["git_commit"]
+  sections = results["sections"]
+  assert list(sections) == list(gpu_check.SECTIONS)
+  assert all(section["status"] == "done" for section in sections.values())
+  assert sections["tests"]["counts"].get("skipped") and not sections["tests"]["counts"].get(
+    "failed"
+  )
+
+  plan = gpu_check.INTERPRET
+  elementwise = sections["elementwise"]["cases"]
+  assert len(elementwise) == len(plan.sizes) * len(plan.dtypes) * len(gpu_check.DIRECTIONS)
+  fused = sections["fused"]["cases"]
+  assert len(fused) == len(plan.shapes) * len(gpu_check.DIRECTIONS)
+  for case in elementwise + fused:
+    assert case["roofline"]["bytes"] > 0 and set(case["roofline"]["chips"]) == {"H100", "H200"}
+    for impl, record in case["results"].items():
+      assert record["check"]["ok"], (case["title"], impl, record)
+      # The interpreted kernels are checked only; XLA is timed even on a CPU.
+      assert ("ms" in record) == ("pallas" not in impl), (case["title"], impl)
+  for case in elementwise:
+    assert case["results"][gpu_check.COPY]["pct_copy"] == pytest.approx(100)
+  sweep = sections["sweep"]["cases"]
+  assert [case["title"].split()[0] for case in sweep] == ["mish_forward", "mish_backward"] + [
+    "linear_mish"
+  ] * len(plan.sweep_shapes)
+  for case in sweep:
+    assert len(case["results"]) == plan.max_sweep_configs
+    assert all(record["check"]["ok"] for record in case["results"].values())
+
+  report = (out / gpu_check.REPORT).read_text()
+  for heading in ["# GPU check", *(f"## {name}" for name in gpu_check.SECTIONS)]:
+    assert heading in report
+  assert "Compiled" in (out / gpu_check.TESTS_LOG).read_text() or sections["tests"]["summary"]
+  assert (out / gpu_check.FIGURE).stat().st_size > 0
+
+
+def test_a_section_past_its_budget_is_killed_and_the_results_kept(tmp_path, monkeypatch, capsys):
+  real_wait = gpu_check._wait
+  monkeypatch.setattr(gpu_check, "_wait", lambda process, timeout_s: real_wait(process, 3.0))
+  out = tmp_path / "check"
+  args = gpu_check.parse_args(["--out", str(out), "--sections", "elementwise,fused"])
+  assert gpu_check.run(args) == 1
+  results = json.loads((out / gpu_check.RESULTS).read_text())
+  for section in results["sections"].values():
+    assert section["status"] == "timeout" and "killed at its budget" in section["note"]
+  assert "## fused" in (out / gpu_check.REPORT).read_text()
+  assert "elementwise: timeout" in capsys.readouterr().out
+
+
+def _living_members(group: int) -> list[int]:
+  """The processes of a process group that are neither gone nor zombies, from /proc."""
+  living = []
+  for stat in Path("/proc").glob("[0-9]*/stat"):
+    try:
+      fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+      continue
+    if int(fields[2]) == group and fields[0] != "Z":
+      living.append(int(stat.parent.name))
+  return living
+
+
+def test_wait_kills_the_whole_process_group():
+  process = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60"], start_new_session=True)
+  time.sleep(0.2)
+  assert len(_living_members(process.pid)) == 3  # sh and both sleeps.
+  start = time.monotonic()
+  assert gpu_check._wait(process, 0.5) is None
+  assert time.monotonic() - start < 10
+  assert _living_members(process.pid) == []
+
+
+def test_run_cases_records_errors_and_stops_at_the_deadline(tmp_path):
+  gpu_check.write_json(
+    tmp_path / gpu_check.RESULTS,
+    {"command": ["x"], "budget_s": 1, "environment": None, "sections": {}},
+  )
+
+  def fails():
+    raise RuntimeError("boom\nsecond line")
+
+  cases = [("ok", lambda: {"title": "ok", "results": {}}), ("fails", fails)]
+  gpu_check.run_cases(tmp_path, "fused", iter(cases), deadline=time.monotonic() + 60)
+  gpu_check.run_cases(tmp_path, "sweep", iter(cases), deadline=time.monotonic() - 1)
+  sections = json.loads((tmp_path / gpu_check.RESULTS).read_text())["sections"]
+  fused, sweep = sections["fused"]["cases"], sections["sweep"]["cases"]
+  assert fused[0]["title"] == "ok" and fused[1]["error"] == "RuntimeError: boom"
+  assert all("budget ran out" in case["error"] for case in sweep)
+  assert gpu_check.problems(sections["fused"]) == ["fails: RuntimeError: boom"]
+
+
+def _context() -> gpu_check.Context:
+  budget = timing.Budget(target_s=0.001, min_samples=3, max_samples=3)
+  return gpu_check.Context(compiled=False, plan=gpu_check.INTERPRET, chip=None, budget=budget)
+
+
+def test_measure_times_checks_and_records_failures():
+  x = jnp.linspace(-5, 5, 1000, dtype=jnp.float32)
+
+  def refused(x):
+    raise ValueError("tile too big")
+
+  def broken(x):
+    raise RuntimeError("does not lower")
+
+  calls = {
+    "base": (jnp.negative, (x,)),
+    "pallas": (jnp.abs, (x,)),
+    "refused": (refused, (x,)),
+    "broken": (broken, (x,)),
+  }
+  records = gpu_check.measure(
+    _context(),
+    calls,
+    lambda name, result: {"ok": bool(np.isfinite(result).all()), "error": 0.0},
+    untimed=["pallas"],
+    cost=(8000, 1000),
+    roof=None,
+    baseline="base",
+    refusals=(ValueError,),
+  )
+  assert (
+    records["base"]["ms"] > 0 and records["base"]["gb_s"] > 0 and "speedup" not in records["base"]
+  )
+  assert "ms" not in records["pallas"] and records["pallas"]["check"]["ok"]
+  assert records["refused"] == {"refused": "ValueError: tile too big"}
+  assert records["broken"] == {"error": "RuntimeError: does not lower"}
+
+
+def test_checks_fail_on_wrong_results():
+  ref = np.linspace(-3, 3, 100)
+  assert gpu_check.check_elementwise([ref.astype(np.float32)], [ref], "float32")["ok"]
+  assert not gpu_check.check_elementwise([ref * (1 + 1e-4)], [ref], "float32")["ok"]
+  assert not gpu_check.check_elementwise([np.where(ref > 2, np.nan, ref)], [ref], "float32")["ok"]
+  z = jnp.asarray(np.random.default_rng(0).normal(size=(64, 32)), jnp.float32)
+  assert gpu_check.check_dense([z.astype(jnp.bfloat16)], [z], "bfloat16")["ok"]
+  assert not gpu_check.check_dense([z * 1.05], [z], "bfloat16")["ok"]
+
+
+def test_roofline_numbers():
+  """Against the datasheets by hand: 3.35 and 4.8 TB/s, 990 bf16 and 495 tf32 TFLOP/s."""
+  square = gpu_check.case_roofline("dense", (4096, 4096, 4096), "bfloat16", "forward")
+  assert square["flops"] == 2 * 4096**3
+  assert square["chips"]["H100"] == {
+    "bound": "compute",
+    "min_s": pytest.approx(2 * 4096**3 / 990e12),
+  }
+  heavy = gpu_check.case_roofline("dense", (65536, 256, 1024), "bfloat16", "forward")
+  heavy_bytes = 2 * (65536 * 256 + 256 * 1024 + 1024 + 65536 * 1024)
+  assert heavy["bytes"] == heavy_bytes
+  for chip, bandwidth in (("H100", 3.35e12), ("H200", 4.8e12)):
+    assert heavy["chips"][chip] == {
+      "bound": "memory",
+      "min_s": pytest.approx(heavy_bytes / bandwidth),
+    }
+  tf32 = gpu_check.case_roofline("dense", (4096, 4096, 4096), "float32", "forward+backward")
+  assert tf32["chips"]["H200"]["min_s"] == pytest.approx(6 * 4096**3 / 495e12)
+  stream = gpu_check.case_roofline("elementwise", (2**28,), "float32", "forward+backward")
+  assert stream["bytes"] == 4 * 4 * 2**28  # x and g read, y and dx written.
+  assert stream["chips"]["H100"] == {"bound": "memory", "min_s": pytest.approx(2**32 / 3.35e12)}
+
+
+def test_docs_hold_the_codes_roofline():
+  """docs/benchmarks.md shows the tables `--roofline` prints: one source of the numbers."""
+  docs = (REPO_ROOT / "docs" / "benchmarks.md").read_text()
+  assert gpu_check.roofline_markdown() in docs
+
+
+@pytest.mark.parametrize(
+  "module, fn", [(mish_kernels, mish_kernels.mish_forward), (linear_mish_kernels, None)]
+)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_tuning_candidates_are_distinct_valid_configs(module, fn, dtype):
+  fn = fn or module.linear_mish
+  candidates = gpu_check.tuning_candidates(module, fn, dtype, limit=20)
+  labels = [label for label, _ in candidates]
+  assert labels[0].startswith("default: ") and len(set(labels)) == len(labels) > 1
+  configs = []
+  for _, kwargs in candidates:
+    inspect.signature(fn).bind(
+      jnp.zeros(1), *([jnp.zeros(1)] * 2 if fn is not mish_kernels.mish_forward else []), **kwargs
+    )
+    config = kwargs.get("config") or module.TuningConfig(**kwargs)
+    if hasattr(config, "validate"):
+      config.validate(jnp.dtype(dtype))
+    configs.append(config)
+  assert len(set(configs)) == len(configs)
+  assert len(gpu_check.tuning_candidates(module, fn, dtype, limit=2)) == 2
+
+
+def test_tuning_candidates_drop_what_the_config_refuses():
+  @dataclasses.dataclass(frozen=True)
+  class TuningConfig:
+    tile: int = 128
+    num_stages: int = 4
+
+    def validate(self, dtype):
+      if self.tile * self.num_stages > 512:
+        raise ValueError("too big for shared memory")
+
+  class Module:
+    pass
+
+  Module.TuningConfig = TuningConfig
+  candidates = gpu_check.tuning_candidates(Module, lambda x, *, config: x, "float32", limit=20)
+  assert [label for label, _ in candidates] == [
+    "default: " + repr(TuningConfig()),
+    "tile=64",
+    "tile=256, num_stages=2",
+    "num_stages=2",
+  ]
+
+
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    ([], "--out DIR is required"),
+    (["--quick"], "--out DIR is required"),
+    (["--out", "OUT", "--sections", "tests,bogus"], "unknown section 'bogus'"),
+    (["--out", "OUT", "--sections", ","], "unknown section (none given)"),
+    (["--out", "OUT", "--budget", "abc"], "'abc' is not a number of seconds"),
+    (["--out", "OUT", "--budget", "5"], "must be between 10 and 3600 seconds"),
+    (["--out", "FULL"], "must be a new or empty folder"),
+    (["--out", "FILE"], "must be a new or empty folder"),
+    (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+  ],
+)
+def test_usage_errors_exit_2_with_one_line(argv, message, tmp_path, capsys):
+  (tmp_path / "FULL").mkdir()
+  (tmp_path / "FULL" / "old.json").write_text("{}")
+  (tmp_path / "FILE").write_text("")
+  argv = [str(tmp_path / a) if a in ("OUT", "FULL", "FILE") else a for a in argv]
+  with pytest.raises(SystemExit) as exit_info:
+    gpu_check.main(argv)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and message in err and err.startswith("gpu_check.py: error:")
+
+
+def test_help_explains(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    gpu_check.main(["--help"])
+  assert exit_info.value.code == 0
+  text = capsys.readouterr().out
+  for word in [*gpu_check.SECTIONS, "--out", "--quick", "--budget", "--roofline", "interpret"]:
+    assert word in text
+
+
+def test_roofline_flag_prints_the_tables(capsys):
+  assert gpu_check.main(["--roofline"]) == 0
+  assert capsys.readouterr().out == gpu_check.roofline_markdown()
+
+
+def test_ensure_importable_without_an_installed_package():
+  """On the GPU image nothing is pip-installed: `kernels/` must still import as mish_jax.kernels."""
+  code = (
+    "import importlib.util, sys; find = importlib.util.find_spec; "
+    "importlib.util.find_spec = lambda n, *a: None if n == 'mish_jax.kernels' else find(n, *a); "
+    f"sys.path.insert(0, {str(REPO_ROOT)!r}); "
+    "from benchmarks.gpu_check import ensure_importable; ensure_importable(); "
+    "import mish_jax.kernels.linear_mish as m; print(m.__file__)"
+  )
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr
+  assert re.search(r"kernels/linear_mish\.py$", done.stdout.strip())
