@@ -99,16 +99,17 @@ def _linear_mish_kernel(
     # the same shared-memory tiles, as a dot.
     def dot_step(slot, acc):
       dims = (((1,), (1,)), ((), ()))
-      return acc + lax.dot_general(
-        x_smem[slot], w_smem[slot], dims, preferred_element_type=jnp.float32
-      )
+      acc += lax.dot_general(x_smem[slot], w_smem[slot], dims, preferred_element_type=jnp.float32)
+      # These reads are the generic proxy's, unlike wgmma's: fence them before a TMA refill.
+      plgpu.commit_smem()
+      return acc
 
     acc = pipeline(dot_step, jnp.zeros((tile_m, tile_n), jnp.float32))
   else:
 
     def accumulate(acc_ref):
       def wgmma_step(slot, carry):
-        w_tile = plgpu.transpose_ref(w_smem.at[slot], (1, 0)) if w_k_major else w_smem.at[slot]
+        w_tile = w_smem.at[slot].transpose((1, 0)) if w_k_major else w_smem.at[slot]
         plgpu.wgmma(acc_ref, x_smem.at[slot], w_tile)
         # Keep this step's wgmma in flight; the one before it is done, so its slot is free.
         plgpu.wgmma_wait(1)

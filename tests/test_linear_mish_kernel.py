@@ -206,6 +206,9 @@ class LinearMishKernelTestBase:
     )
 
 
+_RACE_STATE_NAMES = ("GPURaceDetectionState", "RaceDetectionState")
+
+
 class TestLinearMishKernelInterpret(LinearMishKernelTestBase):
   # NaN-filled memory shows unwritten outputs. One simulated TMA unit per copy in flight: with
   # fewer, copies share a clock and a missing barrier wait can go unseen (JAX 0.10's default is 1).
@@ -218,7 +221,9 @@ class TestLinearMishKernelInterpret(LinearMishKernelTestBase):
     # Every interpreted kernel run makes a fresh race detection state and drops it at the end:
     # record them all, so that a race in any kernel of a call (forward or backward) is seen.
     self._race_states = []
-    real_state = gpu_callbacks.RaceDetectionState
+    # The class's name: JAX 0.10 `RaceDetectionState`, 0.11 `GPURaceDetectionState`.
+    name = next(n for n in _RACE_STATE_NAMES if hasattr(gpu_callbacks, n))
+    real_state = getattr(gpu_callbacks, name)
 
     def recording_state(*args, **kwargs):
       state = real_state(*args, **kwargs)
@@ -227,7 +232,7 @@ class TestLinearMishKernelInterpret(LinearMishKernelTestBase):
 
     # A failed run leaves the interpreter's state behind; every test starts from a clean one.
     gpu_interpret.reset_gpu_interpret_mode_state()
-    monkeypatch.setattr(gpu_callbacks, "RaceDetectionState", recording_state)
+    monkeypatch.setattr(gpu_callbacks, name, recording_state)
     yield
     gpu_interpret.reset_gpu_interpret_mode_state()
 
