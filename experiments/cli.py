@@ -1,30 +1,73 @@
-"""Command-line pieces shared by the experiments and the benchmarks: one-line usage errors."""
+"""The command line shared by every command of the experiments and the benchmarks.
+
+One error path: an expected failure (a bad flag, missing or corrupt data, an output folder that
+cannot be used, a resume that does not match, a damaged checkpoint, a distributed set-up that
+fails) raises `Fault`, and `guarded` turns it into one line on stderr and exit status 2. Only a
+bug in the code gives a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
+
+
+class Fault(Exception):
+  """An expected failure: the message names the file or flag at fault and the fix."""
+
+
+def one_line(message: str) -> str:
+  """`message` with its whitespace, newlines included, collapsed: a CLI prints one line."""
+  return " ".join(message.split())
 
 
 class ArgumentParser(argparse.ArgumentParser):
   """Reports a usage error as one line on stderr, then exits with status 2."""
 
   def error(self, message: str) -> NoReturn:
-    self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+    self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
 
-def positive_int(text: str) -> int:
-  """An argparse type: an integer >= 1."""
+def guarded(main: Callable[[], int], prog: str) -> int:
+  """Runs `main`; a `Fault` becomes one line on stderr, `prog: error: ...`, and status 2.
+
+  Args:
+    main: the command, returning its exit status.
+    prog: the command's name, e.g. "python experiments/mnist.py".
+
+  Returns:
+    `main`'s status, or 2 after a `Fault`.
+  """
   try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
-  return value
+    return main()
+  except Fault as err:
+    sys.stderr.write(f"{prog}: error: {one_line(str(err))}\n")
+    return 2
+
+
+def int_in(low: int, high: int | None) -> Callable[[str], int]:
+  """An argparse type: an integer in [low, high] (no upper bound when `high` is None)."""
+
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < low:
+      bound = "a positive integer" if low == 1 else f"an integer of at least {low}"
+      raise argparse.ArgumentTypeError(f"must be {bound}, not {value}")
+    if high is not None and value > high:
+      raise argparse.ArgumentTypeError(f"must be at most {high:,}, not {value}")
+    return value
+
+  return parse
+
+
+positive_int = int_in(1, None)
 
 
 def positive_float(text: str) -> float:
@@ -62,19 +105,28 @@ def names_from(choices: Sequence[str], what: str) -> Callable[[str], tuple[str, 
   return parse
 
 
-def prepare_out(parser: argparse.ArgumentParser, out: Path, resume: bool) -> None:
-  """Creates `out`, checks that it is writable and refuses to mix a new run into an old one.
+def prepare_out(out: Path, *, resume: bool, resumable: bool = True) -> None:
+  """Creates `out` and probes that it is writable, before any work starts.
 
-  Every problem is a usage error of `parser` (one line, exit status 2).
+  Args:
+    out: the output folder.
+    resume: the run continues the one in `out`.
+    resumable: whether the command can resume at all (the advice of the error depends on it).
+
+  Raises:
+    Fault: `out` is a file, is not writable, or holds another run and `resume` is false.
   """
   if out.exists() and not out.is_dir():
-    parser.error(f"--out {out} is a file, not a folder")
+    raise Fault(f"--out {out} is a file, not a folder")
   if not resume and out.exists() and any(out.iterdir()):
-    parser.error(f"--out {out} is not empty: pass --resume to continue its run, or another --out")
+    advice = (
+      "pass --resume to continue its run, or another --out" if resumable else "choose another"
+    )
+    raise Fault(f"--out {out} is not empty: {advice}")
   try:
     out.mkdir(parents=True, exist_ok=True)
     probe = out / ".write-test"
     probe.write_text("")
     probe.unlink()
   except OSError as err:
-    parser.error(f"--out {out} is not writable: {err.strerror or err}")
+    raise Fault(f"--out {out} is not writable: {err.strerror or err}") from None

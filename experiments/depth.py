@@ -1,6 +1,6 @@
 """Depth: test accuracy of a conv + deep dense stack as it grows from 15 to 25 layers.
 
-The Mish paper's depth test on MNIST. The network (`training.deep_cnn`): conv 20 5x5 + act,
+The Mish paper's depth test on MNIST. The network (`models.deep_cnn`): conv 20 5x5 + act,
 conv 50 5x5 + act, 2x2 max-pool, dropout 0.25, then k x [dense 500, BatchNorm, act, dropout 0.25]
 and a dense 10 head, trained with plain SGD (no momentum) at a constant learning rate, batch 128.
 The full protocol uses Keras' defaults (the paper names no values): learning rate 0.01 and
@@ -18,9 +18,8 @@ layers: 15..25 layers are k = 12..22.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,10 @@ if __package__ in (None, ""):
   # Run as `python experiments/depth.py`: make `experiments.*` importable as with `python -m`.
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import matplotlib.pyplot as plt  # noqa: E402  (training chooses the Agg backend)
+import matplotlib.pyplot as plt  # noqa: E402  (report chooses the Agg backend)
 import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
-from experiments import data, paper, training  # noqa: E402
+from experiments import report, stats, store, suite, sweep, train  # noqa: E402
 
 NAME = "depth"
 NEEDS_DATA = True
@@ -83,8 +81,7 @@ class Protocol:
 
   def describe(self) -> str:
     """The protocol in one line, for reports and --help."""
-    train = "all 60,000" if self.train_limit is None else f"the first {self.train_limit:,}"
-    test = "all 10,000" if self.test_limit is None else f"the first {self.test_limit:,}"
+    train, test = suite.limits_text(self.train_limit, self.test_limit)
     return (
       f"layers {', '.join(map(str, self.depths))}; {self.seeds} seeds; {self.epochs} epoch(s) on "
       f"{train} training images; tested on {test} test images; plain SGD (no momentum), "
@@ -110,13 +107,13 @@ PROTOCOLS = {
 }
 
 
-def config(protocol: Protocol, layers: int) -> training.Config:
+def config(protocol: Protocol, layers: int) -> train.Config:
   """The training config of one depth (activation and seed are set per run).
 
-  The settings that matter are spelled out, not left to `training.Config`'s defaults: the
+  The settings that matter are spelled out, not left to `train.Config`'s defaults: the
   protocol must not change when they do (and a resume compares the stored config).
   """
-  return training.Config(
+  return train.Config(
     model="deep_cnn",
     model_options={
       "dense_layers": layers - CONV_LAYERS - 1,
@@ -156,7 +153,7 @@ def _summary(runs: Sequence[Mapping[str, Any]], activations: Sequence[str]) -> d
       summary[activation] = {
         "n": len(group),
         **{
-          key: training.mean_ci([r[key] for r in group])
+          key: stats.mean_ci([r[key] for r in group]).to_json()
           for key in ("test_accuracy", "test_loss", "train_accuracy")
         },
         "epoch_time_s": float(np.mean([r["epoch_time_s"] for r in group])),
@@ -165,61 +162,21 @@ def _summary(runs: Sequence[Mapping[str, Any]], activations: Sequence[str]) -> d
   return summary
 
 
-def _ticker(
-  bar: tqdm, sweep_dir: Path, prefix: str, log: Callable[[str], None]
-) -> Callable[[str], None]:
-  """A `run_sweep` log that also moves `bar` on by the runs finished in `sweep_dir`.
-
-  run_sweep logs epochs and runs alike, so the runs are counted in its results.json.
-  """
-  done_before = bar.n
-
-  def tick(line: str) -> None:
-    path = sweep_dir / "results.json"
-    finished = len(json.loads(path.read_text())["runs"]) if path.exists() else 0
-    bar.update(done_before + finished - bar.n)
-    log(prefix + line)
-
-  return tick
-
-
-def run(
-  protocol: Protocol,
-  out: Path,
-  *,
-  dataset: data.Dataset,
-  activations: Sequence[str] = paper.DEFAULT_ACTIVATIONS,
-  resume: bool = False,
-  progress: bool = False,
-  log: Callable[[str], None] = print,
-) -> dict[str, Any]:
+def run(protocol: Protocol, out: Path, session: suite.Session) -> dict[str, Any]:
   """Trains every (depth, activation, seed) and writes results.json, report.md and the figure.
 
-  Each depth is a `training.run_sweep` into `out`/runs/layers<L>/, so that a resumed run skips
+  Each depth is a `sweep.train_grid` into `out`/runs/layers<L>/, so that a resumed run skips
   the finished runs and continues the interrupted one from its last epoch's checkpoint. The
   outputs are rewritten after every depth.
 
-  Args:
-    protocol: what to run.
-    out: the output folder (created).
-    dataset: MNIST; the protocol's test subset is taken here.
-    activations: names from `mish_jax.ACTIVATIONS`.
-    resume: continue the run in `out`.
-    progress: a progress bar over runs (and per epoch on a terminal).
-    log: where one line per finished run goes.
-
-  Returns:
-    The results (as in results.json).
-
-  Raises:
-    paper.UsageError: `resume` of a run made with another protocol or activations.
+  The data is `session.dataset` cut to the protocol's limits (see `suite.Experiment.run`);
+  a resume of other settings, or of damaged results or checkpoints, raises a `cli.Fault`.
   """
   out.mkdir(parents=True, exist_ok=True)
-  if resume:
-    paper.check_resume(
-      out / "results.json", {"protocol": protocol.to_json(), "activations": list(activations)}
-    )
-  dataset = paper.test_subset(dataset, protocol.test_limit)
+  activations = session.activations
+  if session.resume and (out / "results.json").exists():
+    store.read_matching(out / "results.json", suite.expected(protocol, session))
+  dataset = session.dataset.limited(protocol.train_limit, protocol.test_limit)
   results: dict[str, Any] = {
     "experiment": NAME,
     "protocol": protocol.to_json(),
@@ -228,26 +185,27 @@ def run(
     "published": {name: PUBLISHED[name] for name in activations if name in PUBLISHED},
     "depths": [],
   }
-  bar = paper.progress_bar(len(protocol.depths) * len(activations) * protocol.seeds, NAME, progress)
+  bar = suite.progress_bar(
+    len(protocol.depths) * len(activations) * protocol.seeds, NAME, session.progress
+  )
   for layers in protocol.depths:
     base = config(protocol, layers)
     settings = {k: v for k, v in base.to_json().items() if k not in ("activation", "seed")}
     settings["test_limit"] = protocol.test_limit
-
-    sweep_dir = out / "runs" / f"layers{layers}"
-    sweep = training.run_sweep(
+    sweep_results = sweep.train_grid(
       base,
       activations,
       range(protocol.seeds),
-      sweep_dir,
+      out / "runs" / f"layers{layers}",
       dataset=dataset,
-      metadata=training.environment(["experiments/depth.py"], settings),
-      resume=resume,
-      progress=progress and sys.stderr.isatty(),
-      log=_ticker(bar, sweep_dir, f"{layers} layers, ", log),
+      metadata=report.environment("experiments/depth.py", settings),
+      resume=session.resume,
+      progress=session.progress and sys.stderr.isatty(),
+      log=lambda line, layers=layers: session.log(f"{layers} layers, {line}"),
+      on_run=bar.update,
     )
-    runs = [_compact(record) for record in sweep["runs"]]
-    results["metadata"] = sweep["metadata"]
+    runs = [_compact(record) for record in sweep_results["runs"]]
+    results["metadata"] = sweep_results["metadata"]
     results["depths"].append(
       {
         "layers": layers,
@@ -259,7 +217,7 @@ def run(
     )
     results["summary"] = summarize(results)
     results["claim"] = claim(results)
-    paper.write_json(out / "results.json", results)
+    store.write_json(out / "results.json", results)
     write_report(results, out)
     plot(results, out / FIGURE)
   bar.close()
@@ -315,9 +273,9 @@ def claim(results: Mapping[str, Any]) -> dict[str, Any]:
   acc = _accuracies(results)
   first, last = depths[0], depths[-1]
   drop = {a: 100 * (np.mean(acc[first, a]) - np.mean(acc[last, a])) for a in activations}
-  tests = {o: paper.compare(acc[last, "mish"], acc[last, o]) for o in others}
-  beaten = [o for o in others if tests[o]["significant"] and tests[o]["diff"] > 0]
-  worse = [o for o in others if tests[o]["significant"] and tests[o]["diff"] < 0]
+  tests = {o: stats.compare(acc[last, "mish"], acc[last, o]) for o in others}
+  beaten = [o for o in others if tests[o].significant and tests[o].diff > 0]
+  worse = [o for o in others if tests[o].significant and tests[o].diff < 0]
   collapsed = [a for a in activations if drop[a] > COLLAPSE_POINTS]
   if beaten == others and "mish" not in collapsed:
     verdict = "holds"
@@ -326,25 +284,25 @@ def claim(results: Mapping[str, Any]) -> dict[str, Any]:
   else:
     verdict = "does not hold"
   versus = "; ".join(
-    f"{o} {paper.mean_std(acc[last, o])}% ({paper.p_text(tests[o])})" for o in others
+    f"{o} {stats.mean_std(acc[last, o])}% ({suite.p_text(tests[o])})" for o in others
   )
   drops = ", ".join(f"{a} {drop[a]:.1f}" for a in activations)
   sentence = (
-    f"At {last} layers mish reaches {paper.mean_std(acc[last, 'mish'])}% vs {versus}. "
+    f"At {last} layers mish reaches {stats.mean_std(acc[last, 'mish'])}% vs {versus}. "
     f"Points of accuracy lost from {first} to {last} layers (negative: gained): {drops}; "
     + (
-      f"{paper.join_names(collapsed)} collapse{'s' if len(collapsed) == 1 else ''} "
+      f"{suite.join_names(collapsed)} collapse{'s' if len(collapsed) == 1 else ''} "
       f"(more than {COLLAPSE_POINTS:g} points lost)"
       if collapsed
       else f"none collapses (more than {COLLAPSE_POINTS:g} points lost)"
     )
     + ". "
     + (
-      f"Mish is significantly more accurate than {paper.join_names(beaten)} at {last} layers"
+      f"Mish is significantly more accurate than {suite.join_names(beaten)} at {last} layers"
       if beaten
       else f"Mish is not significantly more accurate than any other at {last} layers"
     )
-    + (f", and significantly less accurate than {paper.join_names(worse)}" if worse else "")
+    + (f", and significantly less accurate than {suite.join_names(worse)}" if worse else "")
     + (", but it collapses too" if beaten and "mish" in collapsed else "")
     + "."
   )
@@ -353,7 +311,7 @@ def claim(results: Mapping[str, Any]) -> dict[str, Any]:
     "verdict": verdict,
     "sentence": sentence,
     "drop_points": drop,
-    "deepest": {o: tests[o] for o in others},
+    "deepest": {o: tests[o].to_json() for o in others},
   }
 
 
@@ -394,7 +352,7 @@ def section(results: Mapping[str, Any], link_prefix: str = "") -> list[str]:
     f"Protocol **{protocol['name']}**: {protocol['description']}. Counting: "
     f"{results['layer_count']}.",
     "",
-    training.markdown_table(headers, rows),
+    report.markdown_table(headers, rows),
     "",
     f"Ours: mean ± std over {protocol['seeds']} seeds (protocol {protocol['name']}); paper: read "
     "off its depth figure (— where it shows no value).",
@@ -428,8 +386,7 @@ def write_report(results: Mapping[str, Any], out: Path) -> None:
   lines = [
     "# Depth (the Mish paper's deep-network test)",
     "",
-    f"{meta['date']} on {meta['device']} ({meta['cpu_count']} CPU cores), jax "
-    f"{meta['versions']['jax']}, flax {meta['versions']['flax']}.",
+    report.describe_environment(meta),
     "",
     *section(results),
     "",
@@ -438,7 +395,7 @@ def write_report(results: Mapping[str, Any], out: Path) -> None:
     f"Training seconds per epoch, mean over seeds (compilation excluded; protocol "
     f"{results['protocol']['name']}, on a machine shared with other jobs).",
     "",
-    training.markdown_table(
+    report.markdown_table(
       ["layers", *results["activations"]],
       [
         [
@@ -454,7 +411,7 @@ def write_report(results: Mapping[str, Any], out: Path) -> None:
     f"Protocol {results['protocol']['name']}. Train accuracy is over the last epoch, with "
     "dropout on; s/epoch excludes compilation.",
     "",
-    training.markdown_table(
+    report.markdown_table(
       [
         "layers",
         "activation",
@@ -501,12 +458,12 @@ def plot(results: Mapping[str, Any], path: Path) -> None:
   )
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  training.save_figure(fig, path)
+  report.save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """`paper.py` limited to this experiment."""
-  return paper.main(argv, names=(NAME,), prog="python experiments/depth.py")
+  """The command line of this experiment alone (`paper.py`'s, without --only)."""
+  return suite.main(argv, (sys.modules[__name__],), prog="python experiments/depth.py")
 
 
 if __name__ == "__main__":

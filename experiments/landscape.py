@@ -1,6 +1,6 @@
 """Output landscape: how rough a randomly initialised MLP's output is over a 2-D grid.
 
-The Mish paper's landscape figure: an MLP 2 -> 64 -> 32 -> 16 -> 1 (`training.mlp`) with the
+The Mish paper's landscape figure: an MLP 2 -> 64 -> 32 -> 16 -> 1 (`models.mlp`) with the
 activation after every layer, the output layer included, evaluated on a 400 x 400 grid over
 [0, 10]^2 and min-max scaled to a [0, 1] image. As in the paper's reference code, every weight and
 bias is drawn from PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)); unlike it, the same
@@ -36,13 +36,13 @@ if __package__ in (None, ""):
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402  (training chooses the Agg backend)
+import matplotlib.pyplot as plt  # noqa: E402  (report chooses the Agg backend)
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
-from scipy import stats  # noqa: E402
 
 import mish_jax  # noqa: E402
-from experiments import data, paper, training  # noqa: E402
+from experiments import models, report, stats, store, suite  # noqa: E402
+from experiments.records import Comparison  # noqa: E402
 
 NAME = "landscape"
 NEEDS_DATA = False
@@ -105,7 +105,7 @@ def network(activation: str, seed: int, hidden: Sequence[int]) -> Callable[[jax.
   """The random MLP of `seed` with `activation` after every layer; its weights depend on `seed`
   only, not on the activation."""
   act = mish_jax.get_activation(activation)
-  model = training.mlp(act, rngs=nnx.Rngs(seed), input_shape=(2,), num_classes=1, hidden=hidden)
+  model = models.mlp(act, rngs=nnx.Rngs(seed), input_shape=(2,), num_classes=1, hidden=hidden)
   key = jax.random.key(seed)
   for i, layer in enumerate(layer for layer in model.layers if isinstance(layer, nnx.Linear)):
     # PyTorch's default nn.Linear init, as the paper's reference code used.
@@ -146,16 +146,7 @@ def roughness(image: np.ndarray) -> dict[str, float]:
   }
 
 
-def run(
-  protocol: Protocol,
-  out: Path,
-  *,
-  dataset: data.Dataset | None = None,
-  activations: Sequence[str] = paper.DEFAULT_ACTIVATIONS,
-  resume: bool = False,
-  progress: bool = False,
-  log: Callable[[str], None] = print,
-) -> dict[str, Any]:
+def run(protocol: Protocol, out: Path, session: suite.Session) -> dict[str, Any]:
   """Draws every (seed, activation) landscape; writes results.json, report.md and the figures.
 
   It takes a few minutes at most; a resumed run keeps the stored numbers and only redraws the
@@ -164,25 +155,23 @@ def run(
   Args:
     protocol: what to run.
     out: the output folder (created).
-    dataset: unused (the signature is the experiments' common one).
-    activations: names from `mish_jax.ACTIVATIONS`.
-    resume: continue the run in `out` (checks that it was made with the same settings).
-    progress: a progress bar over seeds.
-    log: unused here; no line per run.
+    session: the activations and options (no data: the inputs are a grid).
 
   Returns:
     The results (as in results.json).
 
   Raises:
-    paper.UsageError: `resume` of a run made with another protocol or activations.
+    cli.Fault: `session.resume` of a run made with another protocol or activations, or of
+      damaged results.
   """
-  del dataset, log
   out.mkdir(parents=True, exist_ok=True)
-  expected = {"protocol": protocol.to_json(), "activations": list(activations)}
-  stored = paper.check_resume(out / "results.json", expected) if resume else None
-  runs = stored["runs"] if stored else []
+  activations = session.activations
+  expected = suite.expected(protocol, session)
+  path = out / "results.json"
+  stored = store.read_matching(path, expected) if session.resume and path.exists() else None
+  runs = list(stored["runs"]) if stored else []
   done = {(r["activation"], r["seed"]) for r in runs}
-  bar = paper.progress_bar(protocol.seeds * len(activations), NAME, progress)
+  bar = suite.progress_bar(protocol.seeds * len(activations), NAME, session.progress)
   for seed in range(protocol.seeds):
     for activation in activations:
       bar.update()
@@ -206,14 +195,14 @@ def run(
     **expected,
     "metadata": stored["metadata"]
     if stored
-    else training.environment(["experiments/landscape.py"], protocol.to_json()),
+    else report.environment("experiments/landscape.py", protocol.to_json()),
     "published": PUBLISHED,
     "metrics": METRICS,
     "runs": runs,
   }
   results["summary"] = summarize(results)
   results["claim"] = claim(results)
-  paper.write_json(out / "results.json", results)
+  store.write_json(path, results)
   write_report(results, out)
   plot_images(results, protocol, out / "landscapes.png")
   plot_roughness(results, out / "roughness.png")
@@ -240,29 +229,11 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
   return summary
 
 
-def _paired(results: Mapping[str, Any], a: str, b: str, metric: str) -> dict[str, Any]:
+def _paired(results: Mapping[str, Any], a: str, b: str, metric: str) -> Comparison:
   """Paired t-test of `metric`, a vs b, over the seeds where both images are non-constant."""
   by_seed = {(r["activation"], r["seed"]): r[metric] for r in results["runs"] if not r["constant"]}
   seeds = sorted({s for (_, s) in by_seed if (a, s) in by_seed and (b, s) in by_seed})
-  x = np.array([by_seed[a, s] for s in seeds])
-  y = np.array([by_seed[b, s] for s in seeds])
-  result: dict[str, Any] = {"pairs": len(seeds), "a_higher": int((x > y).sum())}
-  if len(seeds) < 2 or np.all(x == y):
-    return {
-      **result,
-      "diff": None,
-      "p_value": None,
-      "significant": False,
-      "reason": "too few pairs",
-    }
-  p = float(stats.ttest_rel(x, y).pvalue)
-  return {
-    **result,
-    "diff": float((x - y).mean()),
-    "p_value": p,
-    "significant": p < 0.05,
-    "reason": None,
-  }
+  return stats.compare_paired([by_seed[a, s] for s in seeds], [by_seed[b, s] for s in seeds])
 
 
 def claim(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -279,14 +250,14 @@ def claim(results: Mapping[str, Any]) -> dict[str, Any]:
   sharp = {o: _paired(results, "relu", o, "mean_abs_laplacian") for o in activations if o != "relu"}
   grad = _paired(results, "relu", "mish", "mean_gradient")
   test = sharp["mish"]
-  if test["p_value"] is None:
+  if test.p_value is None:
     return {
       "claim": CLAIM,
       "verdict": "undetermined",
       "sentence": f"Too few seeds where both relu and mish give a non-constant image "
-      f"({test['pairs']}).",
+      f"({test.pairs}).",
     }
-  verdict = "holds" if test["significant"] and test["diff"] > 0 else "does not hold"
+  verdict = "holds" if test.significant and test.diff > 0 else "does not hold"
 
   def value(activation: str, metric: str) -> str:
     entry = summary[activation][metric]
@@ -296,12 +267,12 @@ def claim(results: Mapping[str, Any]) -> dict[str, Any]:
   sentence = (
     "Sharpness (mean abs Laplacian of the scaled image): "
     + ", ".join(f"{a} {value(a, 'mean_abs_laplacian')}" for a in activations)
-    + f"; relu is sharper than mish in {test['a_higher']} of {test['pairs']} paired seeds "
-    f"(paired t-test p = {test['p_value']:.2g}). "
+    + f"; relu is sharper than mish in {test.a_higher} of {test.pairs} paired seeds "
+    f"(paired t-test p = {test.p_value:.2g}). "
     + (
       "Variation (mean gradient magnitude): "
       + ", ".join(f"{a} {value(a, 'mean_gradient')}" for a in activations)
-      + (f" (relu vs mish p = {grad['p_value']:.2g})." if grad["p_value"] is not None else ".")
+      + (f" (relu vs mish p = {grad.p_value:.2g})." if grad.p_value is not None else ".")
     )
     + (
       f" {summary['relu']['constant']} of {summary['relu']['seeds']} relu outputs were constant "
@@ -314,8 +285,8 @@ def claim(results: Mapping[str, Any]) -> dict[str, Any]:
     "claim": CLAIM,
     "verdict": verdict,
     "sentence": sentence,
-    "sharpness_vs_relu": sharp,
-    "gradient_relu_vs_mish": grad,
+    "sharpness_vs_relu": {name: test.to_json() for name, test in sharp.items()},
+    "gradient_relu_vs_mish": grad.to_json(),
   }
 
 
@@ -339,7 +310,7 @@ def section(results: Mapping[str, Any], link_prefix: str = "") -> list[str]:
     "U(±1/sqrt(fan_in)) (PyTorch's default, as the paper's code), the same per seed for every "
     "activation; each image min-max scaled to [0, 1].",
     "",
-    training.markdown_table(
+    report.markdown_table(
       ["activation", *METRICS.values(), "constant outputs (left out)"],
       rows,
     ),
@@ -361,14 +332,13 @@ def write_report(results: Mapping[str, Any], out: Path) -> None:
   lines = [
     "# Output landscape (the Mish paper's smoothness figure)",
     "",
-    f"{meta['date']} on {meta['device']}, jax {meta['versions']['jax']}, flax "
-    f"{meta['versions']['flax']}.",
+    report.describe_environment(meta),
     "",
     *section(results),
     "",
     "## Every seed",
     "",
-    training.markdown_table(
+    report.markdown_table(
       ["seed", "activation", "raw output range", *METRICS.values()],
       [
         [
@@ -416,7 +386,7 @@ def plot_images(results: Mapping[str, Any], protocol: Protocol, path: Path) -> N
       ax.set_title(title, fontsize=9)
       ax.set_xticks([])
       ax.set_yticks([])
-  training.save_figure(fig, path, dpi=100)
+  report.save_figure(fig, path, dpi=100)
 
 
 def plot_roughness(results: Mapping[str, Any], path: Path) -> None:
@@ -435,12 +405,12 @@ def plot_roughness(results: Mapping[str, Any], path: Path) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
   fig.suptitle(f"Output landscape roughness (protocol {results['protocol']['name']})")
-  training.save_figure(fig, path)
+  report.save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """`paper.py` limited to this experiment."""
-  return paper.main(argv, names=(NAME,), prog="python experiments/landscape.py")
+  """The command line of this experiment alone (`paper.py`'s, without --only)."""
+  return suite.main(argv, (sys.modules[__name__],), prog="python experiments/landscape.py")
 
 
 if __name__ == "__main__":

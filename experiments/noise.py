@@ -1,7 +1,7 @@
 """Input noise: a CNN's test accuracy and loss as Gaussian noise is added to the test images.
 
 The Mish paper's robustness test on MNIST. The net is this project's Keras-style CNN
-(`training.cnn`: conv 32 3x3, pool, conv 64 3x3, pool, dropout 0.25, dense 128, dropout 0.5,
+(`models.cnn`: conv 32 3x3, pool, conv 64 3x3, pool, dropout 0.25, dense 128, dropout 0.5,
 dense 10) trained on clean images with the project's defaults (Adam, warmup + cosine to a peak
 of 3e-3, batch 128). It is then tested on x + sigma * eps: x the [0, 1] test images (pixel / 255),
 eps ~ N(0, 1) per pixel, drawn once (seed 0) and scaled for every sigma, with no clipping; sigma
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,10 @@ if __package__ in (None, ""):
   # Run as `python experiments/noise.py`: make `experiments.*` importable as with `python -m`.
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import matplotlib.pyplot as plt  # noqa: E402  (training chooses the Agg backend)
+import matplotlib.pyplot as plt  # noqa: E402  (report chooses the Agg backend)
 import numpy as np  # noqa: E402
 
-from experiments import data, paper, training  # noqa: E402
+from experiments import data, report, stats, store, suite, sweep, train  # noqa: E402
 
 NAME = "noise"
 NEEDS_DATA = True
@@ -70,8 +70,7 @@ class Protocol:
 
   def describe(self) -> str:
     """The protocol in one line, for reports and --help."""
-    train = "all 60,000" if self.train_limit is None else f"the first {self.train_limit:,}"
-    test = "all 10,000" if self.test_limit is None else f"the first {self.test_limit:,}"
+    train, test = suite.limits_text(self.train_limit, self.test_limit)
     return (
       f"sigma {', '.join(f'{s:g}' for s in self.sigmas)}; {self.seeds} seeds; the Keras-style "
       f"CNN trained {self.epochs} epoch(s) on {train} clean training images (Adam, warmup + "
@@ -90,13 +89,13 @@ PROTOCOLS = {
 }
 
 
-def config(protocol: Protocol) -> training.Config:
+def config(protocol: Protocol) -> train.Config:
   """The training config (activation and seed are set per run).
 
-  Every setting is spelled out, not left to `training.Config`'s defaults: the protocol must not
+  Every setting is spelled out, not left to `train.Config`'s defaults: the protocol must not
   change when they do (and a resume compares the stored config).
   """
-  return training.Config(
+  return train.Config(
     model="cnn",
     epochs=protocol.epochs,
     train_limit=protocol.train_limit,
@@ -114,100 +113,81 @@ def noisy(images: np.ndarray, sigma: float, eps: np.ndarray) -> np.ndarray:
   return images if sigma == 0 else images + np.float32(sigma) * eps
 
 
-def run(
-  protocol: Protocol,
-  out: Path,
-  *,
-  dataset: data.Dataset,
-  activations: Sequence[str] = paper.DEFAULT_ACTIVATIONS,
-  resume: bool = False,
-  progress: bool = False,
-  log: Callable[[str], None] = print,
-) -> dict[str, Any]:
+def run(protocol: Protocol, out: Path, session: suite.Session) -> dict[str, Any]:
   """Trains every (activation, seed), tests it at every sigma, writes results, report, figures.
 
-  The outputs are rewritten after every run; a resumed run skips the finished runs and continues
-  the interrupted training from its checkpoint in `out`/checkpoints/.
+  The training is a `sweep.run_sweep` whose hook tests each trained model at every sigma; the
+  outputs are rewritten after every run, and a resumed run skips the finished runs and
+  continues the interrupted training from its checkpoint in `out`/checkpoints/.
 
-  Args:
-    protocol: what to run.
-    out: the output folder (created).
-    dataset: MNIST; the protocol's test subset is taken here.
-    activations: names from `mish_jax.ACTIVATIONS`.
-    resume: continue the run in `out`.
-    progress: a progress bar over runs (and per epoch on a terminal).
-    log: where one line per finished run goes.
-
-  Returns:
-    The results (as in results.json).
-
-  Raises:
-    paper.UsageError: `resume` of a run made with another protocol or activations.
+  The data is `session.dataset` cut to the protocol's limits (see `suite.Experiment.run`);
+  a resume of other settings, or of damaged results or checkpoints, raises a `cli.Fault`.
   """
   out.mkdir(parents=True, exist_ok=True)
-  expected = {"protocol": protocol.to_json(), "activations": list(activations)}
-  stored = paper.check_resume(out / "results.json", expected) if resume else None
-  dataset = paper.test_subset(dataset, protocol.test_limit)
+  activations = session.activations
+  dataset = session.dataset.limited(protocol.train_limit, protocol.test_limit)
   base = config(protocol)
   settings = {k: v for k, v in base.to_json().items() if k not in ("activation", "seed")}
-  results: dict[str, Any] = stored or {
-    "experiment": NAME,
-    **expected,
-    "metadata": training.environment(["experiments/noise.py"], settings),
-    "published": {name: PUBLISHED[name] for name in activations if name in PUBLISHED},
-    "runs": [],
-  }
-  done = {(r["activation"], r["seed"]) for r in results["runs"]}
+  results = sweep.start_or_resume(
+    out / "results.json",
+    {
+      "experiment": NAME,
+      **suite.expected(protocol, session),
+      "metadata": report.environment("experiments/noise.py", settings),
+      "published": {name: PUBLISHED[name] for name in activations if name in PUBLISHED},
+      "runs": [],
+    },
+    resume=session.resume,
+    expected=suite.expected(protocol, session),
+  )
   eps = np.random.default_rng(protocol.noise_seed).standard_normal(
     dataset.test_images.shape, dtype=np.float32
   )
-  bar = paper.progress_bar(len(activations) * protocol.seeds, NAME, progress)
-  for seed in range(protocol.seeds):
-    for activation in activations:
-      if (activation, seed) in done:
-        bar.update()
-        continue
-      run_config = dataclasses.replace(base, activation=activation, seed=seed)
-      trained = training.train_and_evaluate(
-        run_config,
-        out / "checkpoints" / f"{activation}-seed{seed}",
-        dataset=dataset,
-        progress=progress and sys.stderr.isatty(),
+
+  def test_noisy(trained: train.TrainResult) -> tuple[dict[str, Any], str]:
+    curve = [
+      train.evaluate(
+        trained.model,
+        noisy(dataset.test_images, sigma, eps),
+        dataset.test_labels,
+        batch_size=base.eval_batch_size,
       )
-      curve = [
-        training.evaluate(
-          trained.model,
-          noisy(dataset.test_images, sigma, eps),
-          dataset.test_labels,
-          batch_size=base.eval_batch_size,
-        )
-        for sigma in protocol.sigmas
-      ]
-      record = trained.record
-      results["runs"].append(
-        {
-          "activation": activation,
-          "seed": seed,
-          "clean_test_accuracy": record["test_accuracy"],
-          "clean_test_loss": record["test_loss"],
-          "train_accuracy": record["epochs"][-1]["train_accuracy"],
-          "epoch_time_s": record["epoch_time_s"],
-          "compile_time_s": record["compile_time_s"],
-          "sigmas": list(protocol.sigmas),
-          "accuracy": [c["accuracy"] for c in curve],
-          "loss": [c["loss"] for c in curve],
-        }
-      )
-      bar.update()
-      log(
-        f"{activation} seed {seed}: clean {record['test_accuracy']:.2%}, sigma "
-        + ", ".join(
-          f"{s:g}: {c['accuracy']:.1%}" for s, c in zip(protocol.sigmas, curve, strict=True)
-        )
-      )
-      _save(results, out)
+      for sigma in protocol.sigmas
+    ]
+    record = trained.record
+    entry = {
+      "activation": record.activation,
+      "seed": record.seed,
+      "clean_test_accuracy": record.test_accuracy,
+      "clean_test_loss": record.test_loss,
+      "train_accuracy": record.epochs[-1]["train_accuracy"],
+      "epoch_time_s": record.epoch_time_s,
+      "compile_time_s": record.compile_time_s,
+      "sigmas": list(protocol.sigmas),
+      "accuracy": [c["accuracy"] for c in curve],
+      "loss": [c["loss"] for c in curve],
+    }
+    line = f"{record.activation} seed {record.seed}: clean {record.test_accuracy:.2%}, sigma " + (
+      ", ".join(f"{s:g}: {c['accuracy']:.1%}" for s, c in zip(protocol.sigmas, curve, strict=True))
+    )
+    return entry, line
+
+  bar = suite.progress_bar(len(activations) * protocol.seeds, NAME, session.progress)
+  sweep.run_sweep(
+    base,
+    activations,
+    range(protocol.seeds),
+    out,
+    dataset=dataset,
+    results=results,
+    save=lambda results: _save(results, out),
+    hook=test_noisy,
+    progress=session.progress and sys.stderr.isatty(),
+    log=session.log,
+    log_epochs=False,
+    on_run=bar.update,
+  )
   bar.close()
-  _save(results, out)  # also when a resume found every run done
   plot_examples(dataset, eps, protocol.sigmas, out / "noise_examples.png")
   return results
 
@@ -216,7 +196,7 @@ def _save(results: dict[str, Any], out: Path) -> None:
   """Updates the summary and verdict, then writes results.json, report.md and the curves."""
   results["summary"] = summarize(results)
   results["claim"] = claim(results)
-  paper.write_json(out / "results.json", results)
+  store.write_json(out / "results.json", results)
   write_report(results, out)
   plot_curves(results, out / "noise_curves.png")
 
@@ -268,39 +248,39 @@ def claim(results: Mapping[str, Any]) -> dict[str, Any]:
     }
   robust = {a: _curves(results, a, "accuracy")[:, sigmas > 0].mean(1) for a in activations}
   loss = {a: _curves(results, a, "loss")[:, sigmas > 0].mean(1) for a in activations}
-  tests = {o: paper.compare(robust["mish"], robust[o]) for o in others}
-  loss_tests = {o: paper.compare(loss["mish"], loss[o]) for o in others}
-  beaten = [o for o in others if tests[o]["significant"] and tests[o]["diff"] > 0]
-  worse = [o for o in others if tests[o]["significant"] and tests[o]["diff"] < 0]
+  tests = {o: stats.compare(robust["mish"], robust[o]) for o in others}
+  loss_tests = {o: stats.compare(loss["mish"], loss[o]) for o in others}
+  beaten = [o for o in others if tests[o].significant and tests[o].diff > 0]
+  worse = [o for o in others if tests[o].significant and tests[o].diff < 0]
   verdict = "holds" if beaten == others else "partly holds" if beaten else "does not hold"
   noisy_levels = f"sigma {', '.join(f'{s:g}' for s in sigmas[sigmas > 0])}"
-  versus = "; ".join(f"{o} {paper.mean_std(robust[o])}% ({paper.p_text(tests[o])})" for o in others)
-  lower_loss = [o for o in others if loss_tests[o]["significant"] and loss_tests[o]["diff"] < 0]
+  versus = "; ".join(f"{o} {stats.mean_std(robust[o])}% ({suite.p_text(tests[o])})" for o in others)
+  lower_loss = [o for o in others if loss_tests[o].significant and loss_tests[o].diff < 0]
   sentence = (
-    f"Mean test accuracy over {noisy_levels}: mish {paper.mean_std(robust['mish'])}% vs "
+    f"Mean test accuracy over {noisy_levels}: mish {stats.mean_std(robust['mish'])}% vs "
     f"{versus}. "
     + (
-      f"Mish is significantly more robust than {paper.join_names(beaten)}"
+      f"Mish is significantly more robust than {suite.join_names(beaten)}"
       if beaten
       else "Mish is not significantly more robust than any other"
     )
-    + (f" and significantly less robust than {paper.join_names(worse)}" if worse else "")
+    + (f" and significantly less robust than {suite.join_names(worse)}" if worse else "")
     + "; its mean loss over those levels is "
     + (
-      f"significantly lower than {paper.join_names(lower_loss)}'s"
+      f"significantly lower than {suite.join_names(lower_loss)}'s"
       if lower_loss
       else "not significantly lower than any other's"
     )
-    + f" (mish {paper.mean_std(loss['mish'], 1, 3)}, "
-    + ", ".join(f"{o} {paper.mean_std(loss[o], 1, 3)}" for o in others)
+    + f" (mish {stats.mean_std(loss['mish'], 1, 3)}, "
+    + ", ".join(f"{o} {stats.mean_std(loss[o], 1, 3)}" for o in others)
     + ")."
   )
   return {
     "claim": CLAIM,
     "verdict": verdict,
     "sentence": sentence,
-    "noisy_accuracy": {o: tests[o] for o in others},
-    "noisy_loss": {o: loss_tests[o] for o in others},
+    "noisy_accuracy": {o: tests[o].to_json() for o in others},
+    "noisy_loss": {o: loss_tests[o].to_json() for o in others},
   }
 
 
@@ -333,14 +313,14 @@ def section(results: Mapping[str, Any], link_prefix: str = "") -> list[str]:
     f"Protocol **{protocol['name']}**: {protocol['description']}. Noise: x + sigma * eps, x the "
     "[0, 1] test images, eps ~ N(0, 1) per pixel (one draw, scaled for every sigma), unclipped.",
     "",
-    training.markdown_table(headers, acc_rows),
+    report.markdown_table(headers, acc_rows),
     "",
     f"Test accuracy (%); ours: mean ± std over {n} seeds (protocol {protocol['name']}); paper: "
     "its values at sigma 3, 5 and 8 (— elsewhere). Sigma 0 is the clean test set. The paper "
     "does not say in which pixel units its sigma is, so its columns may measure other noise "
     "than ours.",
     "",
-    training.markdown_table(["sigma", *activations], loss_rows),
+    report.markdown_table(["sigma", *activations], loss_rows),
     "",
     f"Test loss (cross-entropy), mean ± std over {n} seeds; the paper gives no loss values.",
     "",
@@ -357,14 +337,13 @@ def write_report(results: Mapping[str, Any], out: Path) -> None:
   lines = [
     "# Input noise (the Mish paper's robustness test)",
     "",
-    f"{meta['date']} on {meta['device']} ({meta['cpu_count']} CPU cores), jax "
-    f"{meta['versions']['jax']}, flax {meta['versions']['flax']}.",
+    report.describe_environment(meta),
     "",
     *section(results),
     "",
     "## Every run",
     "",
-    training.markdown_table(
+    report.markdown_table(
       ["activation", "seed", "clean test acc %", "train acc %", "s/epoch", "compile s"]
       + [f"acc % at {s:g}" for s in results["protocol"]["sigmas"]],
       [
@@ -419,7 +398,7 @@ def plot_curves(results: Mapping[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
   acc_ax.legend(fontsize=8)
   fig.suptitle(f"Input noise (protocol {results['protocol']['name']})")
-  training.save_figure(fig, path)
+  report.save_figure(fig, path)
 
 
 def plot_examples(
@@ -431,12 +410,12 @@ def plot_examples(
     ax.imshow(noisy(dataset.test_images[:1], sigma, eps[:1])[0, ..., 0], cmap="gray")
     ax.set_title(f"sigma {sigma:g}", fontsize=8)
     ax.axis("off")
-  training.save_figure(fig, path)
+  report.save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """`paper.py` limited to this experiment."""
-  return paper.main(argv, names=(NAME,), prog="python experiments/noise.py")
+  """The command line of this experiment alone (`paper.py`'s, without --only)."""
+  return suite.main(argv, (sys.modules[__name__],), prog="python experiments/noise.py")
 
 
 if __name__ == "__main__":

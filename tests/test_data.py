@@ -22,12 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # experiments/ holds scripts: it is not an installed package
   sys.path.insert(0, str(ROOT))
 
-from experiments import data  # noqa: E402
+from experiments import data, data_files  # noqa: E402
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 FETCH_COMMAND = "python experiments/data.py fetch"
-MNIST = data._SPECS["mnist"]
+MNIST = data_files.SPECS["mnist"]
 HAS_TFDS = data._has_tfds()
 needs_tfds = pytest.mark.skipif(not HAS_TFDS, reason="tensorflow / tensorflow-datasets absent")
 
@@ -56,7 +56,7 @@ def ds(request: pytest.FixtureRequest) -> data.Dataset:
 
 def copy_manual(manual_dir: Path, data_dir: Path) -> Path:
   """Copies the verified MNIST files into another data dir; returns its manual dir."""
-  dest = data._manual_dir(MNIST, data_dir)
+  dest = data_files.manual_dir(MNIST, data_dir)
   dest.mkdir(parents=True)
   for f in MNIST.files.values():
     shutil.copy(manual_dir / f.name, dest / f.name)
@@ -178,14 +178,14 @@ def test_idx_reader_rejects_bad_files(tmp_path: Path):
 
 def test_gzip_reproduces_the_official_files(manual_dir: Path):
   for key in ("train_labels", "test_labels"):
-    _, member, mtime = data._MNIST_IDX[key]
+    _, member, mtime = data_files.MNIST_IDX[key]
     official = (manual_dir / MNIST.files[key].name).read_bytes()
-    assert data._gzip_like_official(gzip.decompress(official), member, mtime) == official
+    assert data_files._gzip_like_official(gzip.decompress(official), member, mtime) == official
 
 
 def test_unpickler_loads_numpy_arrays():
   arrays = ((np.arange(6, dtype=np.float32).reshape(2, 3), np.arange(2)),)
-  loaded = data._unpickle_arrays(io.BytesIO(pickle.dumps(arrays, protocol=4)))
+  loaded = data_files._unpickle_arrays(io.BytesIO(pickle.dumps(arrays, protocol=4)))
   np.testing.assert_array_equal(loaded[0][0], arrays[0][0])
   np.testing.assert_array_equal(loaded[0][1], arrays[0][1])
 
@@ -194,16 +194,16 @@ def test_unpickler_refuses_other_globals(tmp_path: Path):
   marker = tmp_path / "pwned"
   payload = f"cos\nsystem\n(S'touch {marker}'\ntR.".encode()
   with pytest.raises(data.DataError, match=r"os\.system"):
-    data._unpickle_arrays(io.BytesIO(payload))
+    data_files._unpickle_arrays(io.BytesIO(payload))
   assert not marker.exists()
   with pytest.raises(data.DataError, match="builtins.eval"):
-    data._unpickle_arrays(io.BytesIO(pickle.dumps(eval, protocol=4)))
+    data_files._unpickle_arrays(io.BytesIO(pickle.dumps(eval, protocol=4)))
 
 
 def test_unpickler_refuses_object_arrays():
   payload = pickle.dumps(np.array([1, "a"], dtype=object), protocol=4)
   with pytest.raises(data.DataError, match="object array"):
-    data._unpickle_arrays(io.BytesIO(payload))
+    data_files._unpickle_arrays(io.BytesIO(payload))
 
 
 def test_fashion_mnist_offline_idx(tmp_path: Path):
@@ -236,7 +236,7 @@ def test_bad_names():
 def test_checksums_match_tfds():
   import tensorflow_datasets as tfds
 
-  for name, spec in data._SPECS.items():
+  for name, spec in data_files.SPECS.items():
     infos = {
       info.filename: (info.size, info.checksum) for info in tfds.builder(name).url_infos.values()
     }
@@ -263,8 +263,9 @@ def test_cli_info(manual_dir: Path):
 
 def test_cli_error_is_one_line(tmp_path: Path):
   proc = _cli("info", "--loader", "idx", "--data-dir", str(tmp_path))
-  assert proc.returncode == 1
-  assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
+  assert proc.returncode == 2
+  assert proc.stderr.startswith("python experiments/data.py: error: ")
+  assert proc.stderr.count("\n") == 1
   assert FETCH_COMMAND in proc.stderr and "Traceback" not in proc.stderr
 
 

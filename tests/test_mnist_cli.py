@@ -1,6 +1,5 @@
 """Tests of the command line of experiments/mnist.py: usage errors, --help and a tiny full run."""
 
-import json
 import os
 import subprocess
 import sys
@@ -8,18 +7,20 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
-from test_training import synthetic_dataset
+from experiment_testing import synthetic_dataset
 
-from experiments import data, mnist
+from experiments import data, mnist, mnist_report, store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _usage_error(capsys, argv: list[str]) -> str:
-  """Runs main(argv), expecting a usage error; returns its one line of stderr."""
-  with pytest.raises(SystemExit) as exit_info:
-    mnist.main(argv)
-  assert exit_info.value.code == 2
+  """Runs main(argv), expecting exit status 2 (a usage error or a fault); returns its one line."""
+  try:
+    status = mnist.main(argv)
+  except SystemExit as exit_info:  # argparse's errors exit; faults return
+    status = exit_info.code
+  assert status == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and err.startswith("python experiments/mnist.py: error: "), err
   return err
@@ -121,7 +122,8 @@ def test_help_explains_every_flag_and_the_default_run(capsys):
     "--process-id",
   ]:
     assert flag in text
-  assert " ".join(mnist.EXPECTED_RESULT.split()) in text
+  assert " ".join(mnist.expected_result().split()) in text
+  assert "docs/mnist/report.md" in text and "%" in text  # the measured run, read from its report
 
 
 def test_tiny_run_writes_results_report_and_plots(tmp_path, monkeypatch, capsys):
@@ -131,7 +133,7 @@ def test_tiny_run_writes_results_report_and_plots(tmp_path, monkeypatch, capsys)
   argv += ["--out", str(out), "--quiet"]
   assert mnist.main(argv) == 0
 
-  results = json.loads((out / "results.json").read_text())
+  results = store.read_json(out / "results.json", start_over="")
   assert [(r["activation"], r["seed"]) for r in results["runs"]] == [
     ("relu", 0),
     ("mish", 0),
@@ -157,7 +159,7 @@ def test_tiny_run_writes_results_report_and_plots(tmp_path, monkeypatch, capsys)
     assert section in report
   assert "mish vs relu:" in report and "Welch p = " in report
   assert "Total params: 225,034" in report
-  for name in mnist.PLOTS:
+  for name in mnist_report.PLOTS:
     assert f"]({name})" in report
     assert plt.imread(out / name).ndim == 3
 
@@ -165,4 +167,4 @@ def test_tiny_run_writes_results_report_and_plots(tmp_path, monkeypatch, capsys)
   capsys.readouterr()
   assert mnist.main([*argv[:-1], "--resume"]) == 0
   assert capsys.readouterr().out.count("done already, skipped") == 4
-  assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
+  assert store.read_json(out / "results.json", start_over="")["runs"] == results["runs"]

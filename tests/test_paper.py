@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from experiments import data, depth, landscape, noise, paper
+from experiments import data, depth, landscape, noise, paper, store, suite
+from experiments.cli import Fault
 
 ACTIVATIONS = ("relu", "mish")
 # The quick protocols, smaller still: the tests check structure and sanity, not the paper.
@@ -33,15 +34,18 @@ def mnist() -> data.Dataset:
 def paper_run(mnist, tmp_path_factory):
   """One `run_all` of the tiny protocols: (out, collated results)."""
   out = tmp_path_factory.mktemp("paper")
-  collated = paper.run_all(
-    TINY, out, dataset=mnist, activations=ACTIVATIONS, log=lambda line: None, command="test"
+  collated = suite.run_all(
+    {experiment: TINY[experiment.NAME] for experiment in paper.EXPERIMENTS},
+    out,
+    suite.Session(mnist, ACTIVATIONS, log=lambda line: None),
+    command="test",
   )
   return out, collated
 
 
 def test_run_all_writes_every_report_figure_and_result(paper_run):
   out, collated = paper_run
-  assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(collated))
+  assert store.read_json(out / "results.json", start_over="") == json.loads(json.dumps(collated))
   report = (out / "report.md").read_text()
   for name, figures in (
     ("depth", [depth.FIGURE]),
@@ -54,7 +58,7 @@ def test_run_all_writes_every_report_figure_and_result(paper_run):
       assert f"({name}/{figure})" in report
     e = collated["experiments"][name]
     assert e["protocol"]["name"] == "quick"
-    assert e["claim"]["verdict"] in paper.VERDICTS
+    assert e["claim"]["verdict"] in suite.VERDICTS
     assert e["claim"]["sentence"] in report
   # Published columns sit beside ours, and the reduced protocol says so.
   assert "| relu ours | relu paper |" in report
@@ -63,7 +67,7 @@ def test_run_all_writes_every_report_figure_and_result(paper_run):
 
 def test_depth_results_are_sane(paper_run):
   out, collated = paper_run
-  results = json.loads((out / "depth" / "results.json").read_text())
+  results = store.read_json(out / "depth" / "results.json", start_over="")
   (entry,) = results["depths"]
   assert (entry["layers"], entry["dense_layers"]) == (4, 1)
   assert {(r["activation"], r["seed"]) for r in entry["runs"]} == {
@@ -79,7 +83,7 @@ def test_depth_results_are_sane(paper_run):
 
 def test_noise_at_sigma_0_is_the_clean_accuracy_and_noise_hurts(paper_run):
   out, _ = paper_run
-  results = json.loads((out / "noise" / "results.json").read_text())
+  results = store.read_json(out / "noise" / "results.json", start_over="")
   assert len(results["runs"]) == 4
   for run in results["runs"]:
     assert run["sigmas"] == [0.0, 1.0, 8.0]
@@ -95,7 +99,7 @@ def test_landscapes_differ_by_activation_and_are_scored(paper_run):
   relu, mish = (landscape.landscape(a, 0, protocol) for a in ACTIVATIONS)
   assert relu.shape == mish.shape == (100, 100)
   assert not np.allclose(relu, mish, atol=1e-3)
-  results = json.loads((out / "landscape" / "results.json").read_text())
+  results = store.read_json(out / "landscape" / "results.json", start_over="")
   for run in results["runs"]:
     if not run["constant"]:
       assert run["mean_gradient"] > 0 and run["mean_abs_laplacian"] > 0
@@ -181,9 +185,13 @@ def test_noise_claim_follows_the_numbers():
 
 def test_resume_with_other_settings_is_refused(tmp_path):
   protocol = dataclasses.replace(landscape.PROTOCOLS["quick"], seeds=1, grid=20)
-  landscape.run(protocol, tmp_path, activations=ACTIVATIONS)
-  with pytest.raises(paper.UsageError, match="another protocol"):
-    landscape.run(dataclasses.replace(protocol, seeds=2), tmp_path, resume=True)
+  landscape.run(protocol, tmp_path, suite.Session(activations=ACTIVATIONS))
+  with pytest.raises(Fault, match=r"other settings: protocol.seeds 1 \(now 2\)"):
+    landscape.run(
+      dataclasses.replace(protocol, seeds=2),
+      tmp_path,
+      suite.Session(activations=ACTIVATIONS, resume=True),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,8 +236,6 @@ def test_a_used_out_or_missing_data_exits_2(tmp_path, capsys):
       "experiments/data.py fetch",
     ),
   ):
-    with pytest.raises(SystemExit) as exit_info:
-      paper.main(argv)
-    assert exit_info.value.code == 2
+    assert paper.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
