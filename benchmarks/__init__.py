@@ -6,5 +6,5 @@ Modules:
 * `timing`: compile-then-time helpers, interleaved medians, the copy and matmul baselines.
 * `references`: float64 numpy references and the tolerance check.
 * `elementwise`, `fused`, `training_cost`, `memory`: the four sections.
-* `report`: the Markdown report and the PNG plots.
+* `report`: the Markdown report; `plots`: the PNG plots.
 """

@@ -78,7 +78,7 @@ class Elementwise:
     self.budget = budget
     self.check_points = check_points
     self.pallas_check_size = pallas_check_size
-    self.pallas_timed = timing.pallas_compiles()
+    self.pallas_timed = mish_jax.pallas_compiles()
     self.timed = [name for name in IMPLEMENTATIONS if name != PALLAS or self.pallas_timed]
     self.copies: list[dict[str, Any]] = []
     self.records: list[dict[str, Any]] = []

@@ -140,7 +140,7 @@ class Fused:
     self.bandwidth_size = bandwidth_size
     self.pallas_check_shape = tuple(pallas_check_shape)
     self.notes = list(notes)
-    self.pallas_timed = timing.pallas_compiles()
+    self.pallas_timed = mish_jax.pallas_compiles()
     self.timed = [name for name in IMPLEMENTATIONS if name != PALLAS or self.pallas_timed]
     self.baselines: list[dict[str, Any]] = []
     self.records: list[dict[str, Any]] = []

@@ -1,16 +1,14 @@
-"""The report of a benchmark run: headline targets, Markdown tables and PNG plots."""
+"""The report of a benchmark run: headline targets and Markdown tables (the plots: `plots`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")  # Files only: no display on these machines.
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+from experiments.report import markdown_table
 
 MIB = 2**20
 HEADLINE_SIZE = 2**22  # "4M float32 elements", the size of the elementwise targets.
@@ -39,7 +37,8 @@ def _size(size: int) -> str:
   return f"2^{exponent} ({size:,})" if size == 2**exponent else f"{size:,}"
 
 
-def _shape(shape: Sequence[int]) -> str:
+def shape_text(shape: Sequence[int]) -> str:
+  """(8, 16) -> '8x16'."""
   return "x".join(map(str, shape))
 
 
@@ -50,13 +49,6 @@ def _check(record: Mapping[str, Any]) -> str:
   if "worst" not in check:
     return "ok" if check["ok"] else "FAILED"
   return f"{'ok' if check['ok'] else 'FAILED'} ({check['worst']:.2f} of tol.)"
-
-
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-  """A GitHub Markdown table; cells are written with `str`."""
-  lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-  lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-  return "\n".join(lines)
 
 
 # Headline.
@@ -143,135 +135,6 @@ def headline_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     f"(target {row['target']}; {row['where']})"
     for row in rows
   ]
-
-
-# Plots.
-
-
-def _save(fig: plt.Figure, path: Path) -> None:
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
-def _plot_elementwise(data: Mapping[str, Any], path: Path) -> None:
-  dtypes, directions = data["dtypes"], data["directions"]
-  fig, axes = plt.subplots(
-    len(dtypes), len(directions), figsize=(6 * len(directions), 4 * len(dtypes)), squeeze=False
-  )
-  for row, dtype in enumerate(dtypes):
-    copies = sorted((c for c in data["copy"] if c["dtype"] == dtype), key=lambda c: c["size"])
-    for col, direction in enumerate(directions):
-      ax = axes[row, col]
-      ax.plot(
-        [c["size"] for c in copies],
-        [c["gb_per_s"] for c in copies],
-        "k--",
-        label="copy (memory-bound limit)",
-      )
-      for name in data["implementations"]:
-        points = sorted(
-          (r["size"], r["gb_per_s"])
-          for r in data["records"]
-          if r["implementation"] == name and r["dtype"] == dtype and r["direction"] == direction
-        )
-        if points:
-          ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=name)
-      ax.set_xscale("log", base=2)
-      ax.set_yscale("log")
-      ax.set(title=f"{dtype}, {direction}", xlabel="elements", ylabel="GB/s (read + written)")
-      ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-      ax.grid(alpha=0.3, which="both")
-  axes[0, 0].legend(fontsize=8)
-  if not data["pallas"]["timed"]:
-    fig.suptitle(f"Pallas: {data['pallas']['note']}", fontsize=9)
-  _save(fig, path)
-
-
-def _plot_fused(data: Mapping[str, Any], path: Path) -> None:
-  directions = data["directions"]
-  groups = [(tuple(shape), dtype) for shape in data["shapes"] for dtype in data["dtypes"]]
-  names = data["implementations"]
-  fig, axes = plt.subplots(1, len(directions), figsize=(7 * len(directions), 4), squeeze=False)
-  width = 0.8 / len(names)
-  for ax, direction in zip(axes[0], directions, strict=True):
-    for i, name in enumerate(names):
-      values = {
-        (tuple(r["shape"]), r["dtype"]): r["pct_of_roofline"]
-        for r in data["records"]
-        if r["implementation"] == name and r["direction"] == direction
-      }
-      ax.bar(
-        np.arange(len(groups)) + (i - (len(names) - 1) / 2) * width,
-        [values.get(group, 0) for group in groups],
-        width,
-        label=name,
-      )
-    ax.set_xticks(np.arange(len(groups)), [f"{_shape(s)}\n{d}" for s, d in groups], fontsize=7)
-    ax.set(title=f"dense + Mish, {direction}", ylabel="% of roofline")
-    ax.grid(alpha=0.3, axis="y")
-  axes[0, 0].legend(fontsize=7)
-  _save(fig, path)
-
-
-def _bars(ax: plt.Axes, labels: Sequence[str], values: Sequence[float | None], **kwargs) -> None:
-  """Bars with their values written on top; a missing value gets a 'skipped' label instead."""
-  positions = np.arange(len(labels))
-  heights = [0 if v is None else v for v in values]
-  bars = ax.bar(positions, heights, **kwargs)
-  for bar, value in zip(bars, values, strict=True):
-    text = "skipped" if value is None else f"{value:.2f}"
-    ax.annotate(
-      text,
-      (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-      ha="center",
-      va="bottom",
-      fontsize=8,
-    )
-  ax.set_xticks(positions, labels, rotation=15, fontsize=8)
-  ax.grid(alpha=0.3, axis="y")
-
-
-def _plot_training(data: Mapping[str, Any], path: Path) -> None:
-  fig, ax = plt.subplots(figsize=(7, 4))
-  records = data["records"]
-  _bars(ax, [r["activation"] for r in records], [r.get("ratio_vs_relu") for r in records])
-  ax.axhline(1.0, color="k", linewidth=0.8)
-  ax.axhline(1.1, color="r", linestyle="--", linewidth=0.8, label="1.10x (target for mish)")
-  ax.set(title=f"CNN train step time / ReLU's (batch {data['batch_size']})", ylabel="ratio")
-  ax.legend(fontsize=8)
-  _save(fig, path)
-
-
-def _plot_memory(data: Mapping[str, Any], path: Path) -> None:
-  records = [r for r in data["records"] if "memory" in r]
-  labels = [r["activation"] for r in records]
-  fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
-  _bars(left, labels, [r["temp_mib"] for r in records], color="tab:blue")
-  left.set(title="compiled temp memory of the step", ylabel="MiB")
-  _bars(right, labels, [r.get("time_vs_relu") for r in records], color="tab:orange")
-  right.axhline(1.0, color="k", linewidth=0.8)
-  right.set(title="step time / ReLU's", ylabel="ratio")
-  fig.suptitle(f"{data['model']}, batch {data['batch_size']}", fontsize=10)
-  _save(fig, path)
-
-
-PLOTS = {
-  "elementwise": ("elementwise_throughput.png", _plot_elementwise),
-  "fused": ("fused_roofline.png", _plot_fused),
-  "training": ("training_ratios.png", _plot_training),
-  "memory": ("memory.png", _plot_memory),
-}
-
-
-def write_plots(results: Mapping[str, Any], out: Path) -> dict[str, str]:
-  """Writes a PNG per section that ran; returns section -> file name."""
-  written = {}
-  for section, (name, plot) in PLOTS.items():
-    if section in results:
-      plot(results[section], out / name)
-      written[section] = name
-  return written
 
 
 # The Markdown report.
@@ -393,7 +256,7 @@ def _pallas_checks(data: Mapping[str, Any]) -> list[str]:
       r["implementation"],
       r["dtype"],
       r["direction"],
-      _size(r["size"]) if "size" in r else _shape(r["shape"]),
+      _size(r["size"]) if "size" in r else shape_text(r["shape"]),
       _check(r),
     )
     for r in checks
@@ -421,7 +284,12 @@ def _fused_section(data: Mapping[str, Any], plot: str | None) -> list[str]:
   ]
   lines += _pallas_checks(data)
   baselines = [
-    (_shape(b["shape"]), b["dtype"], _num(b["peak_tflops"], 3), _num(b["bandwidth_gb_per_s"], 3))
+    (
+      shape_text(b["shape"]),
+      b["dtype"],
+      _num(b["peak_tflops"], 3),
+      _num(b["bandwidth_gb_per_s"], 3),
+    )
     for b in data["baselines"]
   ]
   peaks = " and ".join(f"{n}^3" for n in data["peak_matmul_sizes"])
@@ -435,7 +303,7 @@ def _fused_section(data: Mapping[str, Any], plot: str | None) -> list[str]:
   ]
   rows = [
     (
-      _shape(r["shape"]),
+      shape_text(r["shape"]),
       r["dtype"],
       r["direction"],
       r["implementation"],
@@ -488,7 +356,7 @@ def _training_section(data: Mapping[str, Any], plot: str | None) -> list[str]:
     "## 3. Training cost: the MNIST CNN's train step",
     "",
     f"Model: {data['model']} with {options}; step: {data['step']}; batch {data['batch_size']} of "
-    f"random {_shape(data['input_shape'])} images. Ratio: {data['ratio']}.",
+    f"random {shape_text(data['input_shape'])} images. Ratio: {data['ratio']}.",
     "",
     markdown_table(
       ("activation", "step ms", "vs ReLU", "compile s", "parameters", "first loss", "check"), rows

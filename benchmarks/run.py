@@ -19,14 +19,11 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +34,11 @@ import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
-import mish_jax
-from benchmarks import elementwise, fused, memory, report, timing, training_cost
-from experiments import cli
+from benchmarks import elementwise, fused, memory, plots, timing, training_cost
+from benchmarks import report as bench_report
+from experiments import cli, report, store
 
+PROG = "python benchmarks/run.py"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("elementwise", "fused", "training", "memory")
 DTYPES = (jnp.float32, jnp.bfloat16)
@@ -106,67 +104,17 @@ def build_sections(quick: bool, names: Sequence[str]) -> dict[str, Any]:
   return {name: sections[name]() for name in names}
 
 
-def _cpu_model() -> str | None:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or None
-
-
-def _version(distribution: str) -> str | None:
-  try:
-    return metadata.version(distribution)
-  except metadata.PackageNotFoundError:
-    return None
-
-
-def _git_commit() -> str | None:
-  try:
-    result = subprocess.run(
-      ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-    )
-  except (OSError, subprocess.SubprocessError):
-    return None
-  return result.stdout.strip() or None
-
-
 def environment(argv: Sequence[str], allocator: str | None) -> dict[str, Any]:
-  """What the figures depend on: device, CPU, versions, date, command line, load."""
-  device = jax.devices()[0]
-  return {
-    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    "command": shlex.join(["python", "benchmarks/run.py", *argv]),
-    "device": {
-      "platform": device.platform,
-      "device_kind": device.device_kind,
-      "count": jax.device_count(),
-    },
-    "cpu": _cpu_model(),
-    "cpu_count": os.cpu_count(),
-    "load_average_start": list(os.getloadavg()),
-    "python": platform.python_version(),
-    "os": platform.platform(),
-    "versions": {
-      "jax": jax.__version__,
-      "jaxlib": _version("jaxlib"),
-      "flax": _version("flax"),
-      "optax": _version("optax"),
-      "numpy": _version("numpy"),
-      "mish_jax": mish_jax.__version__,
-    },
-    "git_commit": _git_commit(),
-    "allocator": allocator or "default",
-  }
+  """The experiments' run-environment record (`experiments.report.environment`), plus the
+  allocator setting."""
+  env = report.environment(shlex.join(["python", "benchmarks/run.py", *argv]))
+  return {**env, "allocator": allocator or "default"}
 
 
 def make_parser() -> argparse.ArgumentParser:
   """The command line, with every flag explained in --help."""
   parser = cli.ArgumentParser(
-    prog="python benchmarks/run.py",
+    prog=PROG,
     description=__doc__,
     formatter_class=argparse.RawDescriptionHelpFormatter,
     epilog="Exit status: 0 when every case ran and passed its check, 1 when one failed (the "
@@ -201,15 +149,6 @@ def make_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _prepare_out(parser: argparse.ArgumentParser, out: Path) -> None:
-  if out.exists() and (not out.is_dir() or any(out.iterdir())):
-    parser.error(f"--out {out} exists and is not an empty folder: choose another")
-  try:
-    out.mkdir(parents=True, exist_ok=True)
-  except OSError as err:
-    parser.error(f"--out {out} cannot be created: {err.strerror or err}")
-
-
 def _failures(results: dict[str, Any]) -> list[str]:
   """Every failed check, as 'section: what'."""
   failed = []
@@ -227,12 +166,16 @@ def _failures(results: dict[str, Any]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Runs the benchmark; returns the exit status (usage errors exit with 2)."""
+  """Runs the benchmark; returns the exit status (2, with one line, on an expected failure)."""
   argv = sys.argv[1:] if argv is None else list(argv)
+  return cli.guarded(lambda: _run(argv), PROG)
+
+
+def _run(argv: Sequence[str]) -> int:
   parser = make_parser()
   args = parser.parse_args(argv)
   out = args.out or REPO_ROOT / "runs" / datetime.datetime.now().strftime("bench-%Y%m%d-%H%M%S")
-  _prepare_out(parser, out)
+  cli.prepare_out(out, resume=False, resumable=False)  # before any work: nothing is lost later
   allocator = None if args.system_malloc else timing.keep_freed_memory()
 
   results: dict[str, Any] = {
@@ -258,15 +201,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   results["wall_s"] = time.perf_counter() - start
   results["errors"] = errors
   results["failed_checks"] = _failures(results)
-  results["headline"] = report.headline(results)
+  results["headline"] = bench_report.headline(results)
 
-  (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-  plots = report.write_plots(results, out)
-  report.write_report(results, plots, out)
-  for line in report.headline_lines(results["headline"]):
+  store.write_json(out / "results.json", json.loads(json.dumps(results, default=str)))
+  written = plots.write_plots(results, out)
+  bench_report.write_report(results, written, out)
+  for line in bench_report.headline_lines(results["headline"]):
     print(line)
   problems = len(errors) + len(results["failed_checks"])
-  print(f"wrote {out / 'results.json'}, {out / 'report.md'} and {len(plots)} plots", end="")
+  print(f"wrote {out / 'results.json'}, {out / 'report.md'} and {len(written)} plots", end="")
   print(f"; {problems} failed case(s) or check(s)" if problems else "")
   return 1 if problems else 0
 

@@ -241,8 +241,3 @@ def keep_freed_memory() -> str | None:
   settings = {"M_ARENA_MAX": (-8, 1), "M_MMAP_MAX": (-4, 0), "M_TRIM_THRESHOLD": (-1, 2**31 - 1)}
   done = [f"{key}={value}" for key, (param, value) in settings.items() if mallopt(param, value)]
   return f"glibc mallopt({', '.join(done)})" if done else None
-
-
-def pallas_compiles() -> bool:
-  """Whether Pallas kernels compile on the default backend; elsewhere they are interpreted."""
-  return jax.default_backend() in ("gpu", "tpu")

@@ -1,7 +1,7 @@
 """Section 3: the MNIST CNN's train step (forward, backward, Adam update) per activation.
 
-The model and the step are the experiments' own (`experiments.training.build_model` and
-`experiments.training.train_step`), on one batch of random 28x28x1 images. The step is jitted as a
+The model and the step are the experiments' own (`experiments.train.build_model` and
+`experiments.train.train_step`), on one batch of random 28x28x1 images. The step is jitted as a
 pure function of the model and optimizer state, so its compile time is measured apart and no
 Python graph bookkeeping sits in the timed call. Activations are interleaved over the rounds and
 each ratio is the median over rounds of (step time / ReLU's step time in that round).
@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+import mish_jax
 from benchmarks import timing
 
 ACTIVATIONS = ("relu", "swish", "jax_mish", "mish", "mish_pallas")
@@ -32,7 +33,7 @@ class TrainingCost:
   Args:
     batch_size: images per step.
     budget: the timing budget of each activation.
-    model_options: keyword arguments for `experiments.training.cnn` ({} for the MNIST CNN).
+    model_options: keyword arguments for `experiments.models.cnn` ({} for the MNIST CNN).
     activations: names from `mish_jax.ACTIVATIONS`; the first is the baseline of the ratios.
   """
 
@@ -51,7 +52,7 @@ class TrainingCost:
     self.skipped = {
       name: f"interpret mode on {jax.default_backend()}: too slow to time"
       for name in self.activations
-      if name == "mish_pallas" and not timing.pallas_compiles()
+      if name == "mish_pallas" and not mish_jax.pallas_compiles()
     }
     self.calls: dict[str, timing.Call] = {}
     self.records: dict[str, dict[str, Any]] = {}
@@ -65,10 +66,10 @@ class TrainingCost:
   def _compile(self, name: str) -> Callable[[], None]:
     def run() -> None:
       # Lazy: the experiments pull in Orbax and SciPy, which the other sections do not need.
-      from experiments import training
+      from experiments import models, train
 
-      config = training.Config(activation=name, model="cnn", model_options=self.model_options)
-      model = training.build_model(config, INPUT_SHAPE, NUM_CLASSES)
+      config = train.Config(activation=name, model="cnn", model_options=self.model_options)
+      model = train.build_model(config, INPUT_SHAPE, NUM_CLASSES)
       optimizer = nnx.Optimizer(model, optax.adam(config.learning_rate), wrt=nnx.Param)
       graphdef, state = nnx.split((model, optimizer))
       images_key, labels_key = jax.random.split(jax.random.key(0))
@@ -77,7 +78,7 @@ class TrainingCost:
 
       def step(state: Any, images: jax.Array, labels: jax.Array) -> tuple[Any, jax.Array]:
         model, optimizer = nnx.merge(graphdef, state)
-        loss, _ = training.train_step(model, optimizer, images, labels)
+        loss, _ = train.train_step(model, optimizer, images, labels)
         return nnx.state((model, optimizer)), loss
 
       compiled, compile_s = timing.compile_timed(step, state, images, labels)
@@ -86,7 +87,7 @@ class TrainingCost:
       self.records[name] = {
         "activation": name,
         "compile_s": compile_s,
-        "parameters": training.count_params(model)[0],
+        "parameters": models.count_params(model)[0],
         "first_loss": float(loss),
         # The loss of random labels starts near log(10); anything else is a broken step.
         "check": {"ok": bool(np.isfinite(float(loss)) and abs(float(loss) - math.log(10)) < 2)},
@@ -103,12 +104,12 @@ class TrainingCost:
   def results(self) -> dict[str, Any]:
     """The section's JSON: settings, and a record per activation (skipped ones with a reason)."""
     return {
-      "model": "experiments.training.build_model(Config(model='cnn', model_options=...))",
+      "model": "experiments.train.build_model(Config(model='cnn', model_options=...))",
       "model_options": {
         key: list(value) if isinstance(value, tuple) else value
         for key, value in self.model_options.items()
       },
-      "step": "experiments.training.train_step: forward, backward, Adam update",
+      "step": "experiments.train.train_step: forward, backward, Adam update",
       "batch_size": self.batch_size,
       "input_shape": list(INPUT_SHAPE),
       "baseline": BASELINE,
