@@ -7,7 +7,9 @@ by a barrier, while `wgmma` accumulates the slot loaded before into a float32 re
 accumulator. The epilogue adds the bias, applies Mish to the float32 accumulator and stores the
 tile once (and the pre-activation z too, for the backward pass). There is no second, simplified
 kernel: `interpret=True` runs this very kernel under Mosaic GPU interpret mode, which simulates
-shared memory, the TMA copies, barriers and `wgmma` on the CPU.
+shared memory, the TMA copies, barriers and `wgmma` on the CPU. One step differs there: JAX's
+interpreter (0.10, 0.11) takes no transposed `wgmma` operand, so for float32 it multiplies the
+same shared-memory tiles with a dot (and the fence that generic reads need before a TMA refill).
 
 Ragged shapes are made whole before the kernel, so that every TMA copy is in bounds and every
 output element is written by exactly one program, alike on a GPU (whose TMA would clip or
@@ -258,6 +260,8 @@ def _linear_mish_call(
       load_barriers=plgpu.Barrier(num_arrivals=2, num_barriers=num_stages),
       bias_barrier=plgpu.Barrier(num_arrivals=1),
     ),
+    # Programs launch in row-major grid order, N fastest: those in flight share a few row panels
+    # of x, read from HBM once and then from L2, and stream the weight (usually the smaller).
     grid=(m_pad // tile_m, n_pad // tile_n),
     grid_names=("m", "n"),
     compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
