@@ -278,13 +278,7 @@ def _streaming_kernel(
 
     for_each_kind(step, store)
 
-  max_steps = pl.cdiv(plan.num_blocks, num_ctas)
-  for step in range(min(num_stages - 1, max_steps)):
-    pl.when(step < num_steps)(functools.partial(start_load, jnp.int32(step)))
-
-  @pl.loop(0, num_steps)
-  def _(step):
-    pl.when(step + num_stages - 1 < num_steps)(functools.partial(start_load, step + num_stages - 1))
+  def compute_and_store(step: Array) -> None:
     slot = lax.rem(step, num_stages)
     plgpu.barrier_wait(loaded.at[slot])
     # A partial or tail block computes the whole buffer; only its own length is stored.
@@ -295,6 +289,16 @@ def _streaming_kernel(
     out_smem[out_slot] = result
     plgpu.commit_smem()
     start_store(step, out_slot)
+
+  # Software pipelined: iteration i starts the load of step i, then computes step
+  # i - (num_stages - 1), whose load has had num_stages - 1 iterations to land. The first
+  # iterations only load, the last ones only compute.
+  lag = num_stages - 1
+
+  @pl.loop(0, num_steps + lag)
+  def _(i):
+    pl.when(i < num_steps)(functools.partial(start_load, i))
+    pl.when(i >= lag)(lambda: compute_and_store(i - lag))
 
   plgpu.wait_smem_to_gmem(0)
 

@@ -84,3 +84,21 @@ def assert_lowers_to_mosaic_gpu(fn, *args) -> str:
     f"no Mosaic GPU kernel in the lowering of {fn}"
   )
   return text
+
+
+def random_numpy(shape, dtype, seed: int = 0, scale: float = 4.0) -> np.ndarray:
+  """As `random_array`, drawn by NumPy: no XLA compilation per shape."""
+  normal = np.random.default_rng(seed).standard_normal(shape, np.float32)
+  return (scale * normal).astype(jnp.dtype(dtype))
+
+
+def elementwise_on_buckets(fn, *arrays, bucket: int = 2**15) -> np.ndarray:
+  """`fn(*arrays)` for an elementwise `fn`, run on zero-padded flat buckets of `bucket` elements.
+
+  Every shape up to `bucket` elements then shares one compilation of `fn` per dtype.
+  """
+  arrays = [np.asarray(a) for a in arrays]
+  shape, size = arrays[0].shape, arrays[0].size
+  padded = bucket * max(1, -(-size // bucket))
+  flat = [np.pad(a.reshape(-1), (0, padded - size)) for a in arrays]
+  return np.asarray(fn(*flat))[:size].reshape(shape)

@@ -1,121 +1,176 @@
-"""Tests of the elementwise Pallas Mish kernels, `mish_jax.kernels.mish`.
+"""Tests of the elementwise Mosaic GPU Mish kernels, `mish_jax.kernels.mish`.
 
-The base class holds the tests; its `Interpret` subclass runs them in Pallas interpret mode (CI,
-on CPU), its `Compiled` subclass compiles them and runs only where JAX has a GPU.
+The base class holds the tests; its `Interpret` subclass runs the kernels themselves (TMA copies,
+barriers, the ring of buffers) under Mosaic GPU's interpret mode on the CPU, with the race
+detector on and every buffer filled with NaN before the kernel runs, and asserts after each
+kernel that no race was found; its `Compiled` subclass compiles them, on Hopper GPUs only.
+Because outputs start as NaN, an output without NaN for finite inputs proves that the kernel
+wrote every element, the partial block and the tail included.
 
-In interpret mode Pallas fills every output buffer with NaN before the kernel runs (see
-`test_interpret_mode_poisons_outputs`), so an output without NaN for finite inputs proves that
-the kernel wrote every element, the ragged tail included.
+The lowering tests at the end run the whole Pallas to Mosaic GPU lowering for CUDA on any host.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
+from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
 from mish_jax.kernels import mish as mish_kernels
 
+import mish_jax
 from mish_jax._src import activations
 from tests.kernel_testing import (
   DTYPES,
+  assert_lowers_to_mosaic_gpu,
   assert_ulp_close,
+  elementwise_on_buckets,
   mish64,
   mish_grad64,
   random_array,
+  random_numpy,
 )
+
+# Small blocks over three CTAs: ragged sizes then take partial blocks, tails, CTAs with unequal
+# numbers of blocks, and rings that wrap around several times.
+SMALL_TUNING = dict(block_size=1024, num_stages=3, num_ctas=3)
+# The interpreter pays about 10 ms per block: few big blocks for a million elements.
+BIG_TUNING = dict(block_size=2**16)
+# Every ragged size in every dtype; the 3-D and 4-D shapes (only their size matters to the flat
+# kernels) one dtype each: a partial block and a tail, a multiple of 128, a tail only.
+CASES = [(shape, dtype) for shape in [(1,), (127,), (129,), (20011,)] for dtype in DTYPES] + [
+  ((3, 5, 7, 11), jnp.float32),
+  ((2, 3, 4, 128), jnp.bfloat16),
+  ((2, 3, 4, 5), jnp.float16),
+]
+DTYPE_IDS = lambda d: jnp.dtype(d).name  # noqa: E731
+
+
+def _max_ulp(dtype) -> int:
+  return 2 if dtype == jnp.float32 else 1
+
+
+def _as64(a) -> np.ndarray:
+  return np.asarray(a, np.float64)
 
 
 class MishKernelTestBase:
   """The elementwise Mish kernels, against the XLA implementation and float64."""
 
-  interpret: bool
+  interpret: bool | InterpretGPUParams
+
+  def assert_no_race(self) -> None:
+    """Checks the kernel that ran last (the race detector restarts with every kernel)."""
+
+  def run_kernel(self, kernel, *args, **kwargs):
+    out = kernel(*args, interpret=self.interpret, **kwargs)
+    jax.block_until_ready(out)
+    self.assert_no_race()
+    return out
+
+  def check_all_paths(self, x, g, derivative: bool = False, **tuning) -> None:
+    """Forward, backward and (if asked) derivative against XLA and float64."""
+    dtype = x.dtype
+    y = self.run_kernel(mish_kernels.mish_forward, x, **tuning)
+    dx = self.run_kernel(mish_kernels.mish_backward, x, g, **tuning)
+    slope = self.run_kernel(mish_kernels.mish_derivative, x, **tuning) if derivative else y
+    for out in (y, dx, slope):
+      assert out.shape == x.shape and out.dtype == dtype
+      assert not np.isnan(np.asarray(out, np.float32)).any(), "an output left unwritten"
+
+    max_ulp = _max_ulp(dtype)
+    y_xla = elementwise_on_buckets(functools.partial(activations.mish, implementation="xla"), x)
+    assert_ulp_close(y, y_xla, max_ulp, "forward vs XLA")
+    slope_xla = elementwise_on_buckets(activations.mish_grad, np.asarray(x, np.float32))
+    dx_xla = (slope_xla * np.asarray(g, np.float32)).astype(dtype)
+    assert_ulp_close(dx, dx_xla, max_ulp, "backward vs XLA")
+    if derivative:
+      assert_ulp_close(slope, slope_xla.astype(dtype), max_ulp, "derivative vs XLA")
+
+    # float64: correctly rounded to 16 bits, or 4 ulp of float32 (the XLA version's own error).
+    assert_ulp_close(y, mish64(_as64(x)).astype(dtype), 4 if dtype == jnp.float32 else 1, "f64")
+    tol = {"float32": 2e-6, "bfloat16": 1e-2, "float16": 2e-3}[dtype.name]
+    np.testing.assert_allclose(
+      _as64(dx), mish_grad64(_as64(x)) * _as64(g), rtol=tol, atol=tol, err_msg="backward vs f64"
+    )
 
   def _mish(self, x, **kwargs):
     return mish_kernels.mish(x, interpret=self.interpret, **kwargs)
 
-  def _block_size(self, size: int) -> int:
-    # Interpret mode pays per grid step: few big blocks there; the default when compiled.
-    if self.interpret and size > mish_kernels.DEFAULT_BLOCK_SIZE:
-      return 2**17
-    return mish_kernels.DEFAULT_BLOCK_SIZE
-
-  @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
   @pytest.mark.parametrize(
-    "shape", [(1,), (127,), (129,), (1000003,), (3, 5, 7), (2, 3, 4, 5)], ids=str
+    "shape, dtype", CASES, ids=[f"{shape}-{jnp.dtype(dtype).name}" for shape, dtype in CASES]
   )
-  def test_forward_and_gradient_match_references(self, shape, dtype):
-    x = random_array(shape, dtype)
-    g = random_array(shape, dtype, seed=1, scale=1.0)
-    size = int(np.prod(shape))
-    y, vjp = jax.vjp(lambda v: self._mish(v, block_size=self._block_size(size)), x)
+  def test_all_paths_match_references(self, shape, dtype):
+    x = jnp.asarray(random_numpy(shape, dtype))
+    g = jnp.asarray(random_numpy(shape, dtype, seed=1, scale=1.0))
+    # The derivative kernel is the forward one with another function: checked where the blocks
+    # are of every kind (and at the special values).
+    self.check_all_paths(x, g, derivative=shape == (20011,), **SMALL_TUNING)
+
+  @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+  def test_a_million_ragged_elements(self, dtype):
+    # 15 full blocks, a partial one of 16896 elements and a 67-element tail.
+    x = jnp.asarray(random_numpy((1000003,), dtype, seed=2))
+    g = jnp.asarray(random_numpy((1000003,), dtype, seed=3, scale=1.0))
+    self.check_all_paths(x, g, **(BIG_TUNING if self.interpret else {}))
+
+  @pytest.mark.parametrize(
+    "tuning",
+    [
+      dict(block_size=128, num_stages=1, num_ctas=1),
+      dict(block_size=256, num_stages=2, num_ctas=4),
+      dict(block_size=512, num_stages=4, num_ctas=2),
+      dict(block_size=1024, num_stages=2, num_ctas=100),
+    ],
+    ids=["128x1x1", "256x2x4", "512x4x2", "1024x2x100"],
+  )
+  def test_tuning_does_not_change_the_result(self, tuning):
+    x = random_array((3, 1111), jnp.bfloat16)
+    reference = activations.mish(x, implementation="xla")
+    np.testing.assert_array_equal(
+      self.run_kernel(mish_kernels.mish_forward, x, **tuning), reference
+    )
+
+  def test_custom_vjp_runs_the_kernels(self):
+    x = random_array((20011,), jnp.float32, seed=4)
+    g = random_array((20011,), jnp.float32, seed=5, scale=1.0)
+    y, vjp = jax.vjp(functools.partial(self._mish, **SMALL_TUNING), x)
+    self.assert_no_race()
     (dx,) = vjp(g)
-    assert y.shape == dx.shape == shape and y.dtype == dx.dtype == dtype
-    # Fully written: interpret mode starts every output as NaN.
-    assert not np.isnan(np.asarray(y, np.float32)).any()
-    assert not np.isnan(np.asarray(dx, np.float32)).any()
+    self.assert_no_race()
+    assert_ulp_close(y, activations.mish(x, implementation="xla"), 2, "forward vs XLA")
+    assert_ulp_close(dx, activations.mish_grad(x) * g, 2, "gradient vs XLA")
+    # And against the plain formula with autodiff's derivative.
+    np.testing.assert_allclose(y, jax.nn.mish(x), rtol=2e-6, atol=1e-30)
+    _, jax_vjp = jax.vjp(jax.nn.mish, x)
+    np.testing.assert_allclose(dx, jax_vjp(g)[0], rtol=1e-5, atol=1e-6)
 
-    max_ulp = 2 if dtype == jnp.float32 else 1
-    assert_ulp_close(y, activations.mish(x, implementation="xla"), max_ulp, "vs XLA mish")
-    x32 = x.astype(jnp.float32)
-    dx_xla = (activations.mish_grad(x32) * g.astype(jnp.float32)).astype(dtype)
-    assert_ulp_close(dx, dx_xla, max_ulp, "gradient vs XLA mish_grad")
-
-    # float64: correctly rounded to 16 bits, or 4 ulp of float32 (the XLA version's own error).
-    x64 = np.asarray(x, np.float64)
-    assert_ulp_close(y, mish64(x64).astype(dtype), 4 if dtype == jnp.float32 else 1, "vs float64")
-    tol = {jnp.float32: 2e-6, jnp.bfloat16: 1e-2, jnp.float16: 2e-3}[dtype]
-    np.testing.assert_allclose(
-      np.asarray(dx, np.float64),
-      mish_grad64(x64) * np.asarray(g, np.float64),
-      rtol=tol,
-      atol=tol,
-    )
-
-  def test_matches_jax_nn_mish(self):
-    x = random_array((1000,), jnp.float32)
-    np.testing.assert_allclose(self._mish(x), jax.nn.mish(x), rtol=2e-6, atol=1e-30)
-    np.testing.assert_allclose(
-      jax.grad(lambda v: self._mish(v).sum())(x),
-      jax.grad(lambda v: jax.nn.mish(v).sum())(x),
-      rtol=1e-5,
-      atol=1e-6,
-    )
-
-  def test_special_values(self):
+  @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+  def test_special_values(self, dtype):
+    finfo = jnp.finfo(dtype)
     x = jnp.array(
-      [
-        -jnp.inf,
-        -3e38,
-        -1e4,
-        -150.0,
-        -104.0,
-        -90.0,
-        -20.0,
-        -1.0,
-        -0.0,
-        0.0,
-        1e-30,
-        1.0,
-        19.9,
-        20.0,
-        20.5,
-        100.0,
-        3e38,
-        jnp.inf,
-        jnp.nan,
-      ],
+      [-jnp.inf, finfo.min, -1e4, -150.0, -104.0, -90.0, -20.0, -1.0, -0.0, 0.0, finfo.tiny]
+      + [1.0, 19.9, 20.0, 20.5, 100.0, finfo.max, jnp.inf, jnp.nan],
       jnp.float32,
-    )
-    y = np.asarray(self._mish(x))
-    dx = np.asarray(jax.vmap(jax.grad(self._mish))(x))
-    assert_ulp_close(y, activations.mish(x, implementation="xla"), 2, "value")
-    assert_ulp_close(dx, activations.mish_grad(x), 2, "derivative")
-    # The limits, exactly: mish(-inf) = 0, mish(inf) = inf, mish'(-inf) = 0, mish'(inf) = 1.
-    np.testing.assert_array_equal(y[[0, -4, -3, -2]], np.float32([0.0, 100.0, 3e38, np.inf]))
-    np.testing.assert_array_equal(dx[[0, 1, -4, -3, -2]], np.float32([0.0, 0.0, 1.0, 1.0, 1.0]))
-    assert np.isnan(y[-1]) and np.isnan(dx[-1])
+    ).astype(dtype)
+    y = np.asarray(self.run_kernel(mish_kernels.mish_forward, x))
+    slope = np.asarray(self.run_kernel(mish_kernels.mish_derivative, x))
+    max_ulp = _max_ulp(dtype)
+    assert_ulp_close(y, activations.mish(x, implementation="xla"), max_ulp, "value")
+    assert_ulp_close(slope, activations.mish_grad(x), max_ulp, "derivative")
+    # The limits, exactly: mish(-inf) = 0, mish(inf) = inf, mish'(-inf) = 0, mish'(inf) = 1; big
+    # inputs are their own Mish; -0 stays -0.
+    expected_y = np.array([0.0, 100.0, finfo.max, np.inf], dtype)
+    np.testing.assert_array_equal(y[[0, -4, -3, -2]], expected_y)
+    np.testing.assert_array_equal(slope[[0, 1, -4, -3, -2]], np.array([0, 0, 1, 1, 1], dtype))
+    assert np.signbit(y[8]) and y[8] == 0
+    assert np.isnan(y[-1]) and np.isnan(slope[-1])
 
   def test_jit_vmap_grad(self):
     x = random_array((3, 50), jnp.float32)
@@ -127,18 +182,13 @@ class MishKernelTestBase:
     y = activations.mish(x, implementation="xla")
     expected = 2 * y * activations.mish_grad(x)
     np.testing.assert_allclose(per_row_grads(x), expected, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(jax.vmap(self._mish)(x), self._mish(x))
-
-  @pytest.mark.parametrize("block_size", [128, 256, 4096])
-  def test_block_size_does_not_change_the_result(self, block_size):
-    x = random_array((3, 333), jnp.bfloat16)
-    np.testing.assert_array_equal(self._mish(x, block_size=block_size), self._mish(x))
-
-  def test_triton_backend(self):
-    if not self.interpret and jax.default_backend() != "gpu":
-      pytest.skip("Triton compiles only on GPU")
-    x = random_array((1000,), jnp.float32)
-    np.testing.assert_array_equal(self._mish(x, backend="triton"), self._mish(x))
+    self.assert_no_race()
+    # An unbatched cotangent is broadcast by the vmap rule.
+    backward = functools.partial(mish_kernels.mish_backward, interpret=self.interpret)
+    g = random_array((50,), jnp.float32, seed=1)
+    dx = jax.vmap(backward, in_axes=(0, None))(x, g)
+    self.assert_no_race()
+    assert_ulp_close(dx, activations.mish_grad(x) * g, 2, "vmapped backward vs XLA")
 
   def test_empty_and_scalar(self):
     assert self._mish(jnp.zeros((0, 3), jnp.float32)).shape == (0, 3)
@@ -151,7 +201,8 @@ class MishKernelTestBase:
       (np.ones(3, np.int32), {}, TypeError),
       (np.ones(3, np.float32), {"block_size": 100}, ValueError),
       (np.ones(3, np.float32), {"block_size": 64}, ValueError),
-      (np.ones(3, np.float32), {"backend": "cuda"}, ValueError),
+      (np.ones(3, np.float32), {"num_stages": 0}, ValueError),
+      (np.ones(3, np.float32), {"num_ctas": 0}, ValueError),
     ],
   )
   def test_bad_arguments(self, x, kwargs, error):
@@ -160,34 +211,147 @@ class MishKernelTestBase:
 
 
 class TestMishKernelInterpret(MishKernelTestBase):
-  interpret = True
+  interpret = InterpretGPUParams(detect_races=True, uninitialized_memory="nan")
+
+  def assert_no_race(self) -> None:
+    assert not interpret_pallas_call.get_races().races_found, "the race detector found a race"
+
+  @pytest.fixture(autouse=True)
+  def _reset_interpreter(self):
+    yield
+    # An exception inside the interpreter leaves its state behind for the next kernel.
+    interpret_pallas_call.reset_gpu_interpret_mode_state()
 
   def test_interpret_mode_poisons_outputs(self):
-    """The premise of the 'fully written' checks: unwritten outputs come back NaN."""
+    """The premise of the 'fully written' checks: unwritten output elements come back NaN."""
 
-    def write_first_block_only(x_ref, y_ref):
-      @pl.when(pl.program_id(0) == 0)
-      def _():
-        y_ref[...] = x_ref[...]
+    @functools.partial(
+      plgpu.kernel,
+      out_type=jax.ShapeDtypeStruct((256,), jnp.float32),
+      scratch_types=[plgpu.SMEM((128,), jnp.float32), plgpu.Barrier()],
+      interpret=self.interpret,
+    )
+    def copy_first_half(x_gmem, y_gmem, smem, barrier):
+      plgpu.copy_gmem_to_smem(x_gmem.at[pl.ds(0, 128)], smem, barrier)
+      plgpu.barrier_wait(barrier)
+      plgpu.copy_smem_to_gmem(smem, y_gmem.at[pl.ds(0, 128)])
+      plgpu.wait_smem_to_gmem(0)
 
-    x = jnp.ones((4, 128), jnp.float32)
-    y = pl.pallas_call(
-      write_first_block_only,
-      out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
-      grid=(2,),
-      in_specs=[pl.BlockSpec((2, 128), lambda i: (i, 0))],
-      out_specs=pl.BlockSpec((2, 128), lambda i: (i, 0)),
-      interpret=True,
-    )(x)
-    assert not np.isnan(y[:2]).any() and np.isnan(y[2:]).all()
+    y = np.asarray(copy_first_half(jnp.ones((256,), jnp.float32)))
+    assert (y[:128] == 1).all() and np.isnan(y[128:]).all()
 
-  def test_big_block_is_only_refused_when_compiled_on_mosaic(self):
-    x = random_array((100,), jnp.float32)
-    np.testing.assert_array_equal(self._mish(x, block_size=2**17), self._mish(x))
-    with pytest.raises(ValueError, match="at most"):
-      mish_kernels.mish(x, block_size=2**17, interpret=False)
+  def test_race_detector_sees_overlapping_blocks(self):
+    """The premise of the race checks: two threads writing one element are caught."""
+
+    @functools.partial(
+      plgpu.kernel,
+      out_type=jax.ShapeDtypeStruct((128,), jnp.float32),
+      num_threads=2,
+      thread_name="thread",
+      interpret=self.interpret,
+    )
+    def both_write_element_0(y_gmem):
+      y_gmem[0] = jax.lax.axis_index("thread").astype(jnp.float32)
+
+    jax.block_until_ready(both_write_element_0())
+    assert interpret_pallas_call.get_races().races_found
+
+  def test_shared_memory_limit_only_when_compiled(self):
+    # The interpreter runs blocks of 2**16 (test_a_million_ragged_elements); a Hopper CTA cannot.
+    x = random_array((300,), jnp.float32)
+    with pytest.raises(ValueError, match="shared memory"):
+      mish_kernels.mish(x, **BIG_TUNING)
+    with pytest.raises(ValueError, match="shared memory"):
+      mish_kernels.mish_backward(x, x, block_size=4096, num_stages=7)
+
+  def test_true_is_default_interpret_params(self):
+    x = random_array((500,), jnp.float16)
+    assert_ulp_close(mish_kernels.mish(x, interpret=True), activations.mish(x), 1, "f16")
+
+  def test_pallas_implementation_on_cpu_is_interpreted(self):
+    x = random_array((4, 130), jnp.float32)
+    assert_ulp_close(mish_jax.mish(x, implementation="pallas"), activations.mish(x), 2, "f32")
 
 
-@pytest.mark.skipif(jax.default_backend() != "gpu", reason="compiled Pallas kernels need a GPU")
+@pytest.mark.skipif(not mish_jax.pallas_compiles(), reason="the kernels compile on Hopper GPUs")
 class TestMishKernelCompiled(MishKernelTestBase):
   interpret = False
+
+
+# The block plan: every element in exactly one block of exactly one CTA.
+
+
+@pytest.mark.parametrize("block_size", [128, 1024, 4096])
+@pytest.mark.parametrize("num_ctas", [1, 3, 264])
+def test_blocks_partition_every_size(block_size, num_ctas):
+  rng = np.random.default_rng(block_size + num_ctas)
+  sizes = [1, 127, 128, 129, block_size - 1, block_size, block_size + 1, 1000003]
+  for size in sizes + list(rng.integers(1, 50 * block_size, 20)):
+    plan = mish_kernels.BlockPlan(int(size), block_size)
+    written = np.zeros(plan.size, np.int64)
+    blocks_seen = []
+    for first, count, start, length, is_tail in plan.windows():
+      assert length % mish_kernels.LANES == 0 and length <= max(block_size, 128)
+      for block in range(first, first + count):
+        blocks_seen.append(block)
+        if is_tail:
+          written[plan.main_size :] += 1
+        else:
+          offset = start + (block - first) * length
+          assert offset + length <= plan.main_size, "a copy past the end of its array"
+          written[offset : offset + length] += 1
+    np.testing.assert_array_equal(written, 1)
+    assert sorted(blocks_seen) == list(range(plan.num_blocks))
+    # CTA c takes blocks c, c + n, ...: each block once.
+    ctas = min(num_ctas, plan.num_blocks)
+    steps = [(plan.num_blocks - 1 - c) // ctas + 1 for c in range(ctas)]
+    owned = sorted(c + s * ctas for c in range(ctas) for s in range(steps[c]))
+    assert owned == list(range(plan.num_blocks))
+
+
+# Lowering for CUDA: every public path, in every dtype, at every ragged size.
+
+LOWERING_SIZES = [1, 127, 129, 1000003]
+
+
+def _grad_of_mish(x):
+  return jax.grad(lambda v: mish_kernels.mish(v).astype(jnp.float32).sum())(x)
+
+
+def _zeros(shape, dtype) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct(shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("size", LOWERING_SIZES)
+@pytest.mark.parametrize("path", ["forward", "backward", "derivative"], ids=lambda p: p)
+def test_lowers_to_mosaic_gpu(path, size, dtype):
+  x = _zeros((size,), dtype)
+  fn, args = {
+    "forward": (mish_kernels.mish_forward, (x,)),
+    "backward": (mish_kernels.mish_backward, (x, x)),
+    "derivative": (mish_kernels.mish_derivative, (x,)),
+  }[path]
+  text = assert_lowers_to_mosaic_gpu(fn, *args)
+  # Only a tail of fewer than 128 elements is padded, never the whole array.
+  pads = [line for line in text.splitlines() if "stablehlo.pad" in line]
+  assert bool(pads) == bool(size % mish_kernels.LANES) and len(pads) <= len(args)
+  assert all(line.rpartition("->")[2].strip().startswith("tensor<128x") for line in pads), pads
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_batched_lowers_to_mosaic_gpu(dtype):
+  shape = (4, 3, 129)
+  x = _zeros(shape, dtype)
+  assert_lowers_to_mosaic_gpu(jax.vmap(mish_kernels.mish_forward), x)
+  g = _zeros(shape[1:], dtype)
+  assert_lowers_to_mosaic_gpu(jax.vmap(mish_kernels.mish_backward, in_axes=(0, None)), x, g)
+  assert_lowers_to_mosaic_gpu(jax.vmap(jax.vmap(mish_kernels.mish_derivative)), x)
+  assert_lowers_to_mosaic_gpu(jax.vmap(_grad_of_mish), x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_custom_vjp_lowers_to_mosaic_gpu(dtype):
+  # The MNIST CNN's convolution activation, then the ragged million.
+  assert_lowers_to_mosaic_gpu(_grad_of_mish, _zeros((64, 26, 26, 32), dtype))
+  assert_lowers_to_mosaic_gpu(_grad_of_mish, _zeros((1000003,), dtype))
