@@ -3,8 +3,8 @@
 The kernels compute values only: mish(x), mish'(x), and the fused mish(x @ w + b) with its
 pre-activation z. The rules around them are linear in the tangent (a kernel's mish' times it), so
 JAX transposes them for reverse mode; mish'' and every order above come from the XLA formulas in
-`activations`. Forward mode, reverse mode, `jax.hessian`, `jax.checkpoint`, `vmap` and
-`shard_map` then work as on the XLA path.
+`activations`. Forward mode, reverse mode, `jax.hessian`, `vmap`, `shard_map` and, compiled,
+`jax.checkpoint` then work as on the XLA path.
 
 Imported only when the Pallas implementation is asked for: the kernels import Pallas.
 """
@@ -25,7 +25,12 @@ from mish_jax.kernels import mish as mish_kernels
 
 
 def mish(x: Array, *, interpret: bool) -> Array:
-  """mish(x) by the Pallas kernel, differentiable to any order; reverse mode saves only `x`.
+  """mish(x) by the Pallas kernel, differentiable to any order.
+
+  Compiled, reverse mode saves only `x`, as on the XLA path, and recomputes mish'(x) from it. In
+  interpret mode it saves mish'(x) instead, an array of the same size: Mosaic GPU's interpreter
+  runs on ordered IO callbacks, effects that `jax.checkpoint` cannot rematerialize (so a user's
+  `jax.checkpoint` around the interpreted kernels fails in JAX too).
 
   Args:
     x: a float32, bfloat16 or float16 array.
@@ -38,7 +43,7 @@ def mish(x: Array, *, interpret: bool) -> Array:
     TypeError: for other dtypes; the message names the XLA implementation for float64.
   """
   mish_kernels.check_dtype(x.dtype, "x")
-  return _mish_rematerialized(x, interpret)
+  return (_mish if interpret else _mish_rematerialized)(x, interpret)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
