@@ -215,7 +215,7 @@ def _linear_mish_call(
   w: Array,
   b: Array,
   *,
-  config: TuningConfig,
+  config: TuningConfig | None,
   interpret: bool | InterpretGPUParams,
   save_z: bool,
 ) -> Array | tuple[Array, Array]:
@@ -223,6 +223,8 @@ def _linear_mish_call(
   m, k = x.shape
   n = w.shape[1]
   dtype = x.dtype
+  # Chosen here, for the M that the kernel sees: under vmap the batch is folded into it.
+  config = config or default_config(dtype, m, n)
   tile_m, tile_n, tile_k = config.tile_m, config.tile_n, config.tile_k
   m_pad, n_pad, k_pad = _round_up(m, tile_m), _round_up(n, tile_n), _round_up(k, tile_k)
   # Zeros in K add nothing to the sum; padded rows and columns are sliced off. No-ops when whole.
@@ -279,7 +281,7 @@ def _batched_call(
   w: Array,
   b: Array,
   *,
-  config: TuningConfig,
+  config: TuningConfig | None,
   interpret: bool | InterpretGPUParams,
   save_z: bool,
 ) -> Array | tuple[Array, Array]:
@@ -340,7 +342,6 @@ def linear_mish_forward(
   if m == 0 or n == 0:
     y = jnp.zeros((m, n), x.dtype)
     return (y, y) if save_z else y
-  config = config or default_config(x.dtype, m, n)
   return _batched_call(x, w, b, config=config, interpret=interpret, save_z=save_z)
 
 
