@@ -97,17 +97,26 @@ def test_a_section_past_its_budget_is_killed_and_the_results_kept(tmp_path, monk
   assert "elementwise: timeout" in capsys.readouterr().out
 
 
-def _living_members(group: int) -> list[int]:
-  """The processes of a process group that are neither gone nor zombies, from /proc."""
-  living = []
-  for stat in Path("/proc").glob("[0-9]*/stat"):
+def _living_processes() -> dict[int, tuple[int, str]]:
+  """pid -> (process group, command line) of every process that is neither gone nor a zombie."""
+  living = {}
+  for proc in Path("/proc").glob("[0-9]*"):
     try:
-      fields = stat.read_text().rsplit(")", 1)[1].split()
+      state, _, group = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+      cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
     except OSError:
       continue
-    if int(fields[2]) == group and fields[0] != "Z":
-      living.append(int(stat.parent.name))
+    if state != "Z":
+      living[int(proc.name)] = (int(group), cmdline)
   return living
+
+
+def _living_members(group: int) -> list[int]:
+  return [pid for pid, (g, _) in _living_processes().items() if g == group]
+
+
+def _processes_mentioning(text: str) -> list[int]:
+  return [pid for pid, (_, cmdline) in _living_processes().items() if text in cmdline]
 
 
 def test_wait_kills_the_whole_process_group():
@@ -118,6 +127,19 @@ def test_wait_kills_the_whole_process_group():
   assert gpu_check._wait(process, 0.5) is None
   assert time.monotonic() - start < 10
   assert _living_members(process.pid) == []
+
+
+def test_a_terminated_run_ends_its_sections_process(tmp_path):
+  out = tmp_path / "check"
+  parent = subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(out), "--sections", "fused"])
+  deadline = time.monotonic() + 60
+  while time.monotonic() < deadline and len(_processes_mentioning(str(out))) < 2:
+    time.sleep(0.2)
+  assert len(_processes_mentioning(str(out))) == 2  # The run and its section's process.
+  parent.terminate()
+  assert parent.wait(timeout=30) == 128 + 15
+  time.sleep(0.5)
+  assert _processes_mentioning(str(out)) == []
 
 
 def test_run_cases_records_errors_and_stops_at_the_deadline(tmp_path):
@@ -175,6 +197,26 @@ def test_measure_times_checks_and_records_failures():
   assert "ms" not in records["pallas"] and records["pallas"]["check"]["ok"]
   assert records["refused"] == {"refused": "ValueError: tile too big"}
   assert records["broken"] == {"error": "RuntimeError: does not lower"}
+
+
+@pytest.mark.parametrize("section", ["elementwise", "fused"])
+def test_a_case_as_timed_on_a_gpu(section):
+  """The GPU path's figures, with the interpreted kernels timed as if they compiled."""
+  budget = timing.Budget(target_s=0.001, min_samples=3, max_samples=3)
+  ctx = gpu_check.Context(True, gpu_check.INTERPRET, gpu_check.CHIPS[0], budget)
+  if section == "elementwise":
+    case = gpu_check._elementwise_case(ctx, 4229, "float32", "forward", "title")
+    rate, baseline = "gb_s", gpu_check.JAX_MISH
+  else:
+    case = gpu_check._fused_case(ctx, (33, 40, 50), "float32", "forward", "title")
+    rate, baseline = "tflop_s", gpu_check.JAX_DENSE
+  for impl, record in case["results"].items():
+    assert record["check"]["ok"] and record["ms"] > 0 and record[rate] > 0, (impl, record)
+    assert ("speedup" in record) == (impl not in (baseline, gpu_check.COPY)), (impl, record)
+    assert ("pct_roofline" in record) == (impl != gpu_check.COPY), (impl, record)
+    minimum_ms = case["roofline"]["chips"]["H100"]["min_s"] * 1e3
+    if impl != gpu_check.COPY:
+      assert record["pct_roofline"] == pytest.approx(100 * minimum_ms / record["ms"])
 
 
 def test_checks_fail_on_wrong_results():
