@@ -63,7 +63,7 @@ def _linear_mish_kernel(
   config: TuningConfig,
   num_k_steps: int,
   w_k_major: bool,
-  interpreted: bool = False,
+  interpreted: bool,
 ):
   """One `(tile_m, tile_n)` output tile: a pipelined K loop of `wgmma`s, then the epilogue."""
   tile_m, tile_n, tile_k = config.tile_m, config.tile_n, config.tile_k
