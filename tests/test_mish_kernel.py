@@ -40,8 +40,8 @@ from tests.kernel_testing import (
 # Small blocks over three CTAs: ragged sizes then take partial blocks, tails, CTAs with unequal
 # numbers of blocks, and rings that wrap around several times.
 SMALL_TUNING = dict(block_size=1024, num_stages=3, num_ctas=3)
-# The interpreter pays about 10 ms per block: few big blocks for a million elements.
-BIG_TUNING = dict(block_size=2**16)
+# What the interpreter runs by default; too big for a Hopper CTA.
+BIG_TUNING = dict(block_size=mish_kernels.INTERPRET_BLOCK_SIZE)
 # Every ragged size in every dtype; the 3-D and 4-D shapes (only their size matters to the flat
 # kernels) one dtype each: a partial block and a tail, a multiple of 128, a tail only.
 CASES = [(shape, dtype) for shape in [(1,), (127,), (129,), (20011,)] for dtype in DTYPES] + [
@@ -118,7 +118,7 @@ class MishKernelTestBase:
     # 15 full blocks, a partial one of 16896 elements and a 67-element tail.
     x = jnp.asarray(random_numpy((1000003,), dtype, seed=2))
     g = jnp.asarray(random_numpy((1000003,), dtype, seed=3, scale=1.0))
-    self.check_all_paths(x, g, **(BIG_TUNING if self.interpret else {}))
+    self.check_all_paths(x, g)  # The default tuning: big blocks under the interpreter.
 
   @pytest.mark.parametrize(
     "tuning",
@@ -127,11 +127,12 @@ class MishKernelTestBase:
       dict(block_size=256, num_stages=2, num_ctas=4),
       dict(block_size=512, num_stages=4, num_ctas=2),
       dict(block_size=1024, num_stages=2, num_ctas=100),
+      dict(block_size=mish_kernels.DEFAULT_BLOCK_SIZE),  # What a Hopper GPU runs.
     ],
-    ids=["128x1x1", "256x2x4", "512x4x2", "1024x2x100"],
+    ids=["128x1x1", "256x2x4", "512x4x2", "1024x2x100", "gpu-default"],
   )
   def test_tuning_does_not_change_the_result(self, tuning):
-    x = random_array((3, 1111), jnp.bfloat16)
+    x = random_array((3, 6667), jnp.bfloat16)
     reference = activations.mish(x, implementation="xla")
     np.testing.assert_array_equal(
       self.run_kernel(mish_kernels.mish_forward, x, **tuning), reference
@@ -257,7 +258,8 @@ class TestMishKernelInterpret(MishKernelTestBase):
     assert interpret_pallas_call.get_races().races_found
 
   def test_shared_memory_limit_only_when_compiled(self):
-    # The interpreter runs blocks of 2**16 (test_a_million_ragged_elements); a Hopper CTA cannot.
+    # The interpreter runs blocks of 2**16 by default (test_a_million_ragged_elements); a Hopper
+    # CTA cannot.
     x = random_array((300,), jnp.float32)
     with pytest.raises(ValueError, match="shared memory"):
       mish_kernels.mish(x, **BIG_TUNING)
