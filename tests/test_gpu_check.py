@@ -119,27 +119,33 @@ def _processes_mentioning(text: str) -> list[int]:
   return [pid for pid, (_, cmdline) in _living_processes().items() if text in cmdline]
 
 
+def _eventually(condition, timeout_s: float = 30.0) -> bool:
+  """Whether `condition()` holds within the timeout: processes start and die asynchronously."""
+  deadline = time.monotonic() + timeout_s
+  while not condition():
+    if time.monotonic() > deadline:
+      return False
+    time.sleep(0.1)
+  return True
+
+
 def test_wait_kills_the_whole_process_group():
   process = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60"], start_new_session=True)
-  time.sleep(0.2)
-  assert len(_living_members(process.pid)) == 3  # sh and both sleeps.
+  assert _eventually(lambda: len(_living_members(process.pid)) == 3)  # sh and both sleeps.
   start = time.monotonic()
   assert gpu_check._wait(process, 0.5) is None
   assert time.monotonic() - start < 10
-  assert _living_members(process.pid) == []
+  assert _eventually(lambda: _living_members(process.pid) == [])
 
 
 def test_a_terminated_run_ends_its_sections_process(tmp_path):
   out = tmp_path / "check"
   parent = subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(out), "--sections", "fused"])
-  deadline = time.monotonic() + 60
-  while time.monotonic() < deadline and len(_processes_mentioning(str(out))) < 2:
-    time.sleep(0.2)
-  assert len(_processes_mentioning(str(out))) == 2  # The run and its section's process.
+  # The run and its section's process.
+  assert _eventually(lambda: len(_processes_mentioning(str(out))) == 2, timeout_s=60)
   parent.terminate()
   assert parent.wait(timeout=30) == 128 + 15
-  time.sleep(0.5)
-  assert _processes_mentioning(str(out)) == []
+  assert _eventually(lambda: _processes_mentioning(str(out)) == [])
 
 
 def test_run_cases_records_errors_and_stops_at_the_deadline(tmp_path):
