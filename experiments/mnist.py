@@ -30,6 +30,7 @@ import datetime
 import json
 import math
 import shlex
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -198,6 +199,8 @@ def _distributed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         f"--process-id {args.process_id} is out of range for --num-processes "
         f"{args.num_processes}: use 0..{args.num_processes - 1}"
       )
+  if args.coordinator_address is not None:
+    _check_address(args.coordinator_address)
   # CPUs need a collectives implementation across processes; GPUs and TPUs bring their own.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   try:
@@ -210,6 +213,23 @@ def _distributed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     raise Fault(
       f"--distributed: jax.distributed.initialize failed ({err}); check --coordinator-address "
       "(HOST:PORT of process 0, reachable from every host), --num-processes and --process-id"
+    ) from None
+
+
+def _check_address(address: str) -> None:
+  """Refuses a --coordinator-address that is not HOST:PORT of a host that resolves.
+
+  jax.distributed.initialize would otherwise wait minutes for a host that cannot exist.
+  """
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise Fault(f"--coordinator-address {address!r} is not HOST:PORT (e.g. 10.0.0.1:1234)")
+  try:
+    socket.getaddrinfo(host.strip("[]"), int(port))
+  except OSError as err:
+    raise Fault(
+      f"--coordinator-address {address}: host {host} does not resolve ({err}); give process "
+      "0's address"
     ) from None
 
 
