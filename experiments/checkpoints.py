@@ -81,6 +81,8 @@ class Checkpoints:
     if not sealed or sealed[0] != steps[0] and (len(steps) < 2 or sealed[0] != steps[1]):
       raise Fault(f"{self._step_dir(steps[0])} has no recorded checksums; {self._start_over}")
     step = sealed[0]
+    if step != steps[0]:  # the unsealed half-save: its epoch is redone, so Orbax can save it again
+      self._manager.delete(steps[0])
     store.verify_sums(self._step_dir(step), sums[str(step)], start_over=self._start_over)
     restored = self._manager.restore(
       step,
