@@ -289,7 +289,7 @@ _DERIVATIVES = [
 ]
 
 
-@hypothesis.settings(max_examples=8, deadline=None)
+@hypothesis.settings(max_examples=6, deadline=None)
 @hypothesis.given(_finite_inputs())
 def test_property_the_implementations_agree_to_order_3(x):
   dtype = jnp.asarray(x).dtype.type
