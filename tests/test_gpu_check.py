@@ -23,7 +23,7 @@ import pytest
 from mish_jax.kernels import linear_mish as linear_mish_kernels
 from mish_jax.kernels import mish as mish_kernels
 
-from benchmarks import gpu_check, timing
+from benchmarks import gpu_check, gpu_results, gpu_sections, roofline, timing
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.py"
@@ -38,17 +38,18 @@ def _run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess
 def test_runs_end_to_end_on_cpu(tmp_path):
   out = tmp_path / "check"
   done = _run_script("--out", str(out), "--quick")
-  log = (out / gpu_check.LOG).read_text() if (out / gpu_check.LOG).exists() else ""
+  log = (out / gpu_results.LOG).read_text() if (out / gpu_results.LOG).exists() else ""
   assert done.returncode == 0, done.stdout + done.stderr + log[-3000:]
   # One progress line per section, started and finished.
   for index, name in enumerate(gpu_check.SECTIONS, 1):
     assert f"[gpu_check] {index}/4 {name}: started" in done.stdout
     assert f"[gpu_check] {index}/4 {name}: done" in done.stdout
 
-  results = json.loads((out / gpu_check.RESULTS).read_text())
+  results = json.loads((out / gpu_results.RESULTS).read_text())
   env = results["environment"]
-  assert env["platform"] == "cpu" and env["mode"] == "Pallas under GPU interpret mode"
-  assert env["jax"] == jax.__version__ and env["date"] and env["git_commit"]
+  assert env["device"]["platform"] == "cpu" and env["mode"] == "Pallas under GPU interpret mode"
+  assert env["versions"]["jax"] == jax.__version__ and env["date"] and env["git_commit"]
+  assert env["command"].startswith("gpu_check.py --out") and len(env["source_sha256"]) == 16
   sections = results["sections"]
   assert list(sections) == list(gpu_check.SECTIONS)
   assert all(section["status"] == "done" for section in sections.values())
@@ -56,11 +57,11 @@ def test_runs_end_to_end_on_cpu(tmp_path):
     "failed"
   )
 
-  plan = gpu_check.INTERPRET
+  plan = roofline.INTERPRET
   elementwise = sections["elementwise"]["cases"]
-  assert len(elementwise) == len(plan.sizes) * len(plan.dtypes) * len(gpu_check.DIRECTIONS)
+  assert len(elementwise) == len(plan.sizes) * len(plan.dtypes) * len(roofline.DIRECTIONS)
   fused = sections["fused"]["cases"]
-  assert len(fused) == len(plan.shapes) * len(gpu_check.DIRECTIONS)
+  assert len(fused) == len(plan.shapes) * len(roofline.DIRECTIONS)
   for case in elementwise + fused:
     assert case["roofline"]["bytes"] > 0 and set(case["roofline"]["chips"]) == {"H100", "H200"}
     for impl, record in case["results"].items():
@@ -68,7 +69,7 @@ def test_runs_end_to_end_on_cpu(tmp_path):
       # The interpreted kernels are checked only; XLA is timed even on a CPU.
       assert ("ms" in record) == ("pallas" not in impl), (case["title"], impl)
   for case in elementwise:
-    assert case["results"][gpu_check.COPY]["pct_copy"] == pytest.approx(100)
+    assert case["results"][gpu_sections.COPY]["pct_copy"] == pytest.approx(100)
   sweep = sections["sweep"]["cases"]
   assert [case["title"].split()[0] for case in sweep] == ["mish_forward", "mish_backward"] + [
     "linear_mish"
@@ -77,11 +78,11 @@ def test_runs_end_to_end_on_cpu(tmp_path):
     assert len(case["results"]) == plan.max_sweep_configs
     assert all(record["check"]["ok"] for record in case["results"].values())
 
-  report = (out / gpu_check.REPORT).read_text()
+  report = (out / gpu_results.REPORT).read_text()
   for heading in ["# GPU check", *(f"## {name}" for name in gpu_check.SECTIONS)]:
     assert heading in report
-  assert "Compiled" in (out / gpu_check.TESTS_LOG).read_text() or sections["tests"]["summary"]
-  assert (out / gpu_check.FIGURE).stat().st_size > 0
+  assert "Compiled" in (out / gpu_results.TESTS_LOG).read_text() or sections["tests"]["summary"]
+  assert (out / gpu_results.FIGURE).stat().st_size > 0
 
 
 def test_a_section_past_its_budget_is_killed_and_the_results_kept(tmp_path, monkeypatch, capsys):
@@ -90,10 +91,10 @@ def test_a_section_past_its_budget_is_killed_and_the_results_kept(tmp_path, monk
   out = tmp_path / "check"
   args = gpu_check.parse_args(["--out", str(out), "--sections", "elementwise,fused"])
   assert gpu_check.run(args) == 1
-  results = json.loads((out / gpu_check.RESULTS).read_text())
+  results = json.loads((out / gpu_results.RESULTS).read_text())
   for section in results["sections"].values():
     assert section["status"] == "timeout" and "killed at its budget" in section["note"]
-  assert "## fused" in (out / gpu_check.REPORT).read_text()
+  assert "## fused" in (out / gpu_results.REPORT).read_text()
   assert "elementwise: timeout" in capsys.readouterr().out
 
 
@@ -149,8 +150,8 @@ def test_a_terminated_run_ends_its_sections_process(tmp_path):
 
 
 def test_run_cases_records_errors_and_stops_at_the_deadline(tmp_path):
-  gpu_check.write_json(
-    tmp_path / gpu_check.RESULTS,
+  gpu_results.write_results(
+    tmp_path,
     {"command": ["x"], "budget_s": 1, "environment": None, "sections": {}},
   )
 
@@ -160,16 +161,16 @@ def test_run_cases_records_errors_and_stops_at_the_deadline(tmp_path):
   cases = [("ok", lambda: {"title": "ok", "results": {}}), ("fails", fails)]
   gpu_check.run_cases(tmp_path, "fused", iter(cases), deadline=time.monotonic() + 60)
   gpu_check.run_cases(tmp_path, "sweep", iter(cases), deadline=time.monotonic() - 1)
-  sections = json.loads((tmp_path / gpu_check.RESULTS).read_text())["sections"]
+  sections = json.loads((tmp_path / gpu_results.RESULTS).read_text())["sections"]
   fused, sweep = sections["fused"]["cases"], sections["sweep"]["cases"]
   assert fused[0]["title"] == "ok" and fused[1]["error"] == "RuntimeError: boom"
   assert all("budget ran out" in case["error"] for case in sweep)
-  assert gpu_check.problems(sections["fused"]) == ["fails: RuntimeError: boom"]
+  assert gpu_results.problems(sections["fused"]) == ["fails: RuntimeError: boom"]
 
 
-def _context() -> gpu_check.Context:
+def _context() -> gpu_sections.Context:
   budget = timing.Budget(target_s=0.001, min_samples=3, max_samples=3)
-  return gpu_check.Context(compiled=False, plan=gpu_check.INTERPRET, chip=None, budget=budget)
+  return gpu_sections.Context(compiled=False, plan=roofline.INTERPRET, chip=None, budget=budget)
 
 
 def test_measure_times_checks_and_records_failures():
@@ -187,7 +188,7 @@ def test_measure_times_checks_and_records_failures():
     "refused": (refused, (x,)),
     "broken": (broken, (x,)),
   }
-  records = gpu_check.measure(
+  records = gpu_sections.measure(
     _context(),
     calls,
     lambda name, result: {"ok": bool(np.isfinite(result).all()), "error": 0.0},
@@ -209,41 +210,43 @@ def test_measure_times_checks_and_records_failures():
 def test_a_case_as_timed_on_a_gpu(section):
   """The GPU path's figures, with the interpreted kernels timed as if they compiled."""
   budget = timing.Budget(target_s=0.001, min_samples=3, max_samples=3)
-  ctx = gpu_check.Context(True, gpu_check.INTERPRET, gpu_check.CHIPS[0], budget)
+  ctx = gpu_sections.Context(True, roofline.INTERPRET, roofline.CHIPS[0], budget)
   if section == "elementwise":
-    case = gpu_check._elementwise_case(ctx, 4229, "float32", "forward", "title")
-    rate, baseline = "gb_s", gpu_check.JAX_MISH
+    case = gpu_sections._elementwise_case(ctx, 4229, "float32", "forward", "title")
+    rate, baseline = "gb_s", gpu_sections.JAX_MISH
   else:
-    case = gpu_check._fused_case(ctx, (33, 40, 50), "float32", "forward", "title")
-    rate, baseline = "tflop_s", gpu_check.JAX_DENSE
+    case = gpu_sections._fused_case(ctx, (33, 40, 50), "float32", "forward", "title")
+    rate, baseline = "tflop_s", gpu_sections.JAX_DENSE
   for impl, record in case["results"].items():
     assert record["check"]["ok"] and record["ms"] > 0 and record[rate] > 0, (impl, record)
-    assert ("speedup" in record) == (impl not in (baseline, gpu_check.COPY)), (impl, record)
-    assert ("pct_roofline" in record) == (impl != gpu_check.COPY), (impl, record)
+    assert ("speedup" in record) == (impl not in (baseline, gpu_sections.COPY)), (impl, record)
+    assert ("pct_roofline" in record) == (impl != gpu_sections.COPY), (impl, record)
     minimum_ms = case["roofline"]["chips"]["H100"]["min_s"] * 1e3
-    if impl != gpu_check.COPY:
+    if impl != gpu_sections.COPY:
       assert record["pct_roofline"] == pytest.approx(100 * minimum_ms / record["ms"])
 
 
 def test_checks_fail_on_wrong_results():
   ref = np.linspace(-3, 3, 100)
-  assert gpu_check.check_elementwise([ref.astype(np.float32)], [ref], "float32")["ok"]
-  assert not gpu_check.check_elementwise([ref * (1 + 1e-4)], [ref], "float32")["ok"]
-  assert not gpu_check.check_elementwise([np.where(ref > 2, np.nan, ref)], [ref], "float32")["ok"]
+  check = gpu_sections.check_elementwise
+  assert check([ref.astype(np.float32)], [ref], "float32")["ok"]
+  assert not check([ref * (1 + 1e-4)], [ref], "float32")["ok"]
+  assert not check([np.where(ref > 2, np.nan, ref)], [ref], "float32")["ok"]
+  assert not check([ref.astype(np.float32), ref * 1.1], [ref, ref], "float32")["ok"]  # The worst.
   z = jnp.asarray(np.random.default_rng(0).normal(size=(64, 32)), jnp.float32)
-  assert gpu_check.check_dense([z.astype(jnp.bfloat16)], [z], "bfloat16")["ok"]
-  assert not gpu_check.check_dense([z * 1.05], [z], "bfloat16")["ok"]
+  assert gpu_sections.check_dense([z.astype(jnp.bfloat16)], [z], "bfloat16")["ok"]
+  assert not gpu_sections.check_dense([z * 1.05], [z], "bfloat16")["ok"]
 
 
 def test_roofline_numbers():
   """Against the datasheets by hand: 3.35 and 4.8 TB/s, 990 bf16 and 495 tf32 TFLOP/s."""
-  square = gpu_check.case_roofline("dense", (4096, 4096, 4096), "bfloat16", "forward")
+  square = roofline.case_roofline("dense", (4096, 4096, 4096), "bfloat16", "forward")
   assert square["flops"] == 2 * 4096**3
   assert square["chips"]["H100"] == {
     "bound": "compute",
     "min_s": pytest.approx(2 * 4096**3 / 990e12),
   }
-  heavy = gpu_check.case_roofline("dense", (65536, 256, 1024), "bfloat16", "forward")
+  heavy = roofline.case_roofline("dense", (65536, 256, 1024), "bfloat16", "forward")
   heavy_bytes = 2 * (65536 * 256 + 256 * 1024 + 1024 + 65536 * 1024)
   assert heavy["bytes"] == heavy_bytes
   for chip, bandwidth in (("H100", 3.35e12), ("H200", 4.8e12)):
@@ -251,9 +254,9 @@ def test_roofline_numbers():
       "bound": "memory",
       "min_s": pytest.approx(heavy_bytes / bandwidth),
     }
-  tf32 = gpu_check.case_roofline("dense", (4096, 4096, 4096), "float32", "forward+backward")
+  tf32 = roofline.case_roofline("dense", (4096, 4096, 4096), "float32", "forward+backward")
   assert tf32["chips"]["H200"]["min_s"] == pytest.approx(6 * 4096**3 / 495e12)
-  stream = gpu_check.case_roofline("elementwise", (2**28,), "float32", "forward+backward")
+  stream = roofline.case_roofline("elementwise", (2**28,), "float32", "forward+backward")
   assert stream["bytes"] == 4 * 4 * 2**28  # x and g read, y and dx written.
   assert stream["chips"]["H100"] == {"bound": "memory", "min_s": pytest.approx(2**32 / 3.35e12)}
 
@@ -261,7 +264,7 @@ def test_roofline_numbers():
 def test_docs_hold_the_codes_roofline():
   """docs/benchmarks.md shows the tables `--roofline` prints: one source of the numbers."""
   docs = (REPO_ROOT / "docs" / "benchmarks.md").read_text()
-  assert gpu_check.roofline_markdown() in docs
+  assert roofline.roofline_markdown() in docs
 
 
 @pytest.mark.parametrize(
@@ -270,7 +273,7 @@ def test_docs_hold_the_codes_roofline():
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_tuning_candidates_are_distinct_valid_configs(module, fn, dtype):
   fn = fn or module.linear_mish
-  candidates = gpu_check.tuning_candidates(module, fn, dtype, limit=20)
+  candidates = gpu_sections.tuning_candidates(module, fn, dtype, limit=20)
   labels = [label for label, _ in candidates]
   assert labels[0].startswith("default: ") and len(set(labels)) == len(labels) > 1
   configs = []
@@ -283,7 +286,7 @@ def test_tuning_candidates_are_distinct_valid_configs(module, fn, dtype):
       config.validate(jnp.dtype(dtype))
     configs.append(config)
   assert len(set(configs)) == len(configs)
-  assert len(gpu_check.tuning_candidates(module, fn, dtype, limit=2)) == 2
+  assert len(gpu_sections.tuning_candidates(module, fn, dtype, limit=2)) == 2
 
 
 def test_tuning_candidates_drop_what_the_config_refuses():
@@ -300,7 +303,7 @@ def test_tuning_candidates_drop_what_the_config_refuses():
     pass
 
   Module.TuningConfig = TuningConfig
-  candidates = gpu_check.tuning_candidates(Module, lambda x, *, config: x, "float32", limit=20)
+  candidates = gpu_sections.tuning_candidates(Module, lambda x, *, config: x, "float32", limit=20)
   assert [label for label, _ in candidates] == [
     "default: " + repr(TuningConfig()),
     "tile=64",
@@ -318,8 +321,8 @@ def test_tuning_candidates_drop_what_the_config_refuses():
     (["--out", "OUT", "--sections", ","], "unknown section (none given)"),
     (["--out", "OUT", "--budget", "abc"], "'abc' is not a number of seconds"),
     (["--out", "OUT", "--budget", "5"], "must be between 10 and 3600 seconds"),
-    (["--out", "FULL"], "must be a new or empty folder"),
-    (["--out", "FILE"], "must be a new or empty folder"),
+    (["--out", "FULL"], "is not empty: choose another"),
+    (["--out", "FILE"], "is a file, not a folder"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
   ],
 )
@@ -328,11 +331,14 @@ def test_usage_errors_exit_2_with_one_line(argv, message, tmp_path, capsys):
   (tmp_path / "FULL" / "old.json").write_text("{}")
   (tmp_path / "FILE").write_text("")
   argv = [str(tmp_path / a) if a in ("OUT", "FULL", "FILE") else a for a in argv]
-  with pytest.raises(SystemExit) as exit_info:
-    gpu_check.main(argv)
-  assert exit_info.value.code == 2
+  try:  # A bad flag exits from the parser; an --out that cannot be used returns from main.
+    status = gpu_check.main(argv)
+  except SystemExit as exit_info:
+    status = exit_info.code
+  assert status == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and message in err and err.startswith("gpu_check.py: error:")
+  assert sorted(path.name for path in tmp_path.rglob("*")) == ["FILE", "FULL", "old.json"]
 
 
 def test_help_explains(capsys):
@@ -346,7 +352,7 @@ def test_help_explains(capsys):
 
 def test_roofline_flag_prints_the_tables(capsys):
   assert gpu_check.main(["--roofline"]) == 0
-  assert capsys.readouterr().out == gpu_check.roofline_markdown()
+  assert capsys.readouterr().out == roofline.roofline_markdown()
 
 
 def test_ensure_importable_without_an_installed_package():
