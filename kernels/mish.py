@@ -219,8 +219,10 @@ class BlockPlan:
 
 def _num_sms() -> int:
   """The SMs of the device a kernel is traced for; an H100's when it is not a GPU."""
-  if abstract_device := jax.sharding.get_abstract_mesh().abstract_device:
-    return abstract_device.num_cores
+  # A CPU mesh's abstract device (under shard_map, say) knows no cores: then ask the devices.
+  device = jax.sharding.get_abstract_mesh().abstract_device
+  if device is not None and device.platform == "gpu" and device.num_cores:
+    return device.num_cores
   device = jax.devices()[0]
   return device.core_count if device.platform == "gpu" else _H100_NUM_SMS
 
@@ -352,6 +354,12 @@ def _elementwise(
   params = _interpret_params(interpret)
   config = config.resolve(interpreted=params is not None)
   num_inputs = len(arrays)
+  if params is not None and jax.sharding.get_abstract_mesh().manual_axes:
+    # Each device's kernel would wait for the others' inside the interpreter (it hangs or
+    # asserts in JAX 0.10); refuse instead.
+    raise NotImplementedError(
+      f"{name}: Mosaic GPU's interpret mode does not run under shard_map over several devices"
+    )
 
   def call(*operands: Array) -> Array:
     shape, dtype, size = operands[0].shape, operands[0].dtype, operands[0].size
