@@ -61,6 +61,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.typing import ArrayLike
 
+# `interpret=`: compiled (False), Mosaic GPU's interpret mode (True), or with these parameters.
+Interpret = bool | InterpretGPUParams
 SUPPORTED_DTYPES: tuple[jnp.dtype, ...] = tuple(
   map(jnp.dtype, (jnp.float32, jnp.bfloat16, jnp.float16))
 )
@@ -324,7 +326,7 @@ def _streaming_kernel(
 # 2. The `plgpu.kernel` wrapper.
 
 
-def _interpret_params(interpret: bool | InterpretGPUParams) -> InterpretGPUParams | None:
+def _interpret_params(interpret: Interpret) -> InterpretGPUParams | None:
   """`True` is GPU interpret mode with default parameters; `False` compiles."""
   if isinstance(interpret, InterpretGPUParams):
     return interpret
@@ -342,7 +344,7 @@ def _elementwise(
   elementwise_fn: Callable[..., Array],
   *arrays: Array,
   config: TuningConfig,
-  interpret: bool | InterpretGPUParams,
+  interpret: Interpret,
   name: str,
 ) -> Array:
   """Runs `elementwise_fn` (float32 in, float32 out) over arrays of one shape and dtype.
@@ -424,17 +426,26 @@ def _elementwise(
 # 3. Forward, backward and derivative.
 
 
+def _forward(x: Array, config: TuningConfig, interpret: Interpret) -> Array:
+  return _elementwise(mish_f32, x, config=config, interpret=interpret, name="mish_forward")
+
+
+def _backward(x: Array, g: Array, config: TuningConfig, interpret: Interpret) -> Array:
+  return _elementwise(
+    _mish_times_g, x, g.astype(x.dtype), config=config, interpret=interpret, name="mish_backward"
+  )
+
+
 def mish_forward(
   x: Array,
   *,
   block_size: int | None = None,
   num_stages: int = DEFAULT_NUM_STAGES,
   num_ctas: int | None = None,
-  interpret: bool | InterpretGPUParams = False,
+  interpret: Interpret = False,
 ) -> Array:
   """mish(x) by the forward kernel, in `x.dtype`; no dtype check, no `custom_vjp`."""
-  config = TuningConfig(block_size, num_stages, num_ctas)
-  return _elementwise(mish_f32, x, config=config, interpret=interpret, name="mish_forward")
+  return _forward(x, TuningConfig(block_size, num_stages, num_ctas), interpret)
 
 
 def mish_backward(
@@ -444,18 +455,10 @@ def mish_backward(
   block_size: int | None = None,
   num_stages: int = DEFAULT_NUM_STAGES,
   num_ctas: int | None = None,
-  interpret: bool | InterpretGPUParams = False,
+  interpret: Interpret = False,
 ) -> Array:
   """g * mish'(x) by the backward kernel, in `x.dtype`: one fused pass over `x` and `g`."""
-  config = TuningConfig(block_size, num_stages, num_ctas)
-  return _elementwise(
-    _mish_times_g,
-    x,
-    g.astype(x.dtype),
-    config=config,
-    interpret=interpret,
-    name="mish_backward",
-  )
+  return _backward(x, g, TuningConfig(block_size, num_stages, num_ctas), interpret)
 
 
 def mish_derivative(
@@ -464,41 +467,28 @@ def mish_derivative(
   block_size: int | None = None,
   num_stages: int = DEFAULT_NUM_STAGES,
   num_ctas: int | None = None,
-  interpret: bool | InterpretGPUParams = False,
+  interpret: Interpret = False,
 ) -> Array:
   """mish'(x) by the derivative kernel, in `x.dtype`: the slope for forward-mode rules."""
   config = TuningConfig(block_size, num_stages, num_ctas)
   return _elementwise(mish_grad_f32, x, config=config, interpret=interpret, name="mish_derivative")
 
 
-def _kwargs(config: TuningConfig, interpret: bool | InterpretGPUParams) -> dict:
-  return dict(
-    block_size=config.block_size,
-    num_stages=config.num_stages,
-    num_ctas=config.num_ctas,
-    interpret=interpret,
-  )
+def _mish_vjp_fwd(x: Array, config: TuningConfig, interpret: Interpret) -> tuple[Array, Array]:
+  # x is the only residual: the backward recomputes e^x, cheaper than storing it.
+  return _forward(x, config, interpret), x
 
 
-def _mish_vjp_fwd(
-  x: Array, config: TuningConfig, interpret: bool | InterpretGPUParams
-) -> tuple[Array, Array]:
-  y = mish_forward(x, **_kwargs(config, interpret))
-  return y, x  # x is the only residual: the backward recomputes e^x, cheaper than storing it.
-
-
-def _mish_vjp_bwd(
-  config: TuningConfig, interpret: bool | InterpretGPUParams, x: Array, g: Array
-) -> tuple[Array]:
-  return (mish_backward(x, g, **_kwargs(config, interpret)),)
+def _mish_vjp_bwd(config: TuningConfig, interpret: Interpret, x: Array, g: Array) -> tuple[Array]:
+  return (_backward(x, g, config, interpret),)
 
 
 # 4. The `custom_vjp` public function.
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _mish(x: Array, config: TuningConfig, interpret: bool | InterpretGPUParams) -> Array:
-  return mish_forward(x, **_kwargs(config, interpret))
+def _mish(x: Array, config: TuningConfig, interpret: Interpret) -> Array:
+  return _forward(x, config, interpret)
 
 
 _mish.defvjp(_mish_vjp_fwd, _mish_vjp_bwd)
@@ -511,7 +501,7 @@ def mish(
   block_size: int | None = None,
   num_stages: int = DEFAULT_NUM_STAGES,
   num_ctas: int | None = None,
-  interpret: bool | InterpretGPUParams = False,
+  interpret: Interpret = False,
 ) -> Array:
   r"""Mish, :math:`x \tanh(\mathrm{softplus}(x))`, by Mosaic GPU kernels, differentiable once.
 
