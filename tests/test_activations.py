@@ -81,6 +81,18 @@ class TestAccuracy:
     np.testing.assert_array_equal(np.asarray(mish_jax.mish(far_below)).view(np.uint32), 2**31)
 
   @pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16], ids=["bfloat16", "float16"])
+  def test_float64_reference_rounds_once_correctly_for_every_input(self, dtype):
+    # The premise of the exhaustive tests: numpy's float64 mish is within ~1e-15 of the true
+    # value, so wherever it lies more than 1e-12 from a 16-bit rounding midpoint, rounding it once
+    # gives the correctly rounded result. Nudged by 1e-12 either way, no result may round
+    # differently.
+    y = mish_reference(every_finite(dtype).astype(np.float64))
+    with np.errstate(over="ignore"):
+      rounded = [(y * (1 + s * 1e-12)).astype(dtype) for s in (-1, 0, 1)]
+    np.testing.assert_array_equal(rounded[0], rounded[1])
+    np.testing.assert_array_equal(rounded[2], rounded[1])
+
+  @pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16], ids=["bfloat16", "float16"])
   def test_half_precision_correctly_rounded_for_every_input(self, dtype):
     # Exhaustive: float64, rounded once, is the correctly rounded result for every 16-bit input
     # (no float64 mish lies within float64's error of a midpoint between 16-bit values).
