@@ -31,13 +31,14 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array, lax
 from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.typing import ArrayLike
 
-from .mish import check_dtype, mish_backward, mish_f32, mish_reference
+from .mish import check_dtype, index_rem, mish_backward, mish_f32, mish_reference
 
 # Shared memory per SM of an H100 or H200, the most one program may allocate.
 SMEM_BYTES = 227 * 1024
@@ -83,18 +84,19 @@ def _linear_mish_kernel(
 
   def pipeline(mma_step, carry):
     def k_step(step, carry):
-      slot = lax.rem(step, num_stages)
+      slot = index_rem(step, num_stages)
       plgpu.barrier_wait(load_barriers.at[slot])
       carry = mma_step(slot, carry)
       refill = step - 1 + num_stages
 
       @pl.when((step > 0) & (refill < num_k_steps))
       def _refill():
-        fetch(refill, lax.rem(step - 1, num_stages))
+        fetch(refill, index_rem(step - 1, num_stages))
 
       return carry
 
-    return lax.fori_loop(0, num_k_steps, k_step, carry)
+    # int32 steps, as `lax.axis_index`'s, also under x64 (where 0 would be an int64).
+    return lax.fori_loop(np.int32(0), np.int32(num_k_steps), k_step, carry)
 
   if w_k_major and interpreted:
     # The interpreter takes no transposed wgmma operand (JAX 0.10 and 0.11): the same product of

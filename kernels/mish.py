@@ -232,6 +232,11 @@ def _num_sms() -> int:
 # 1. The kernel.
 
 
+def index_rem(index: Array, divisor: int) -> Array:
+  """`index % divisor` in the dtype of `index` (lax.rem makes a Python int an int64 under x64)."""
+  return lax.rem(index, jnp.asarray(divisor, index.dtype))
+
+
 def _streaming_kernel(
   *refs,
   elementwise_fn: Callable[..., Array],
@@ -275,7 +280,7 @@ def _streaming_kernel(
       pl.when(in_window)(functools.partial(action, window, length, is_tail))
 
   def start_load(step: Array) -> None:
-    slot = lax.rem(step, num_stages)
+    slot = index_rem(step, num_stages)
 
     def load(window: Callable, length: int, is_tail: bool) -> None:
       for i in range(num_inputs):
@@ -299,12 +304,12 @@ def _streaming_kernel(
     for_each_kind(step, store)
 
   def compute_and_store(step: Array) -> None:
-    slot = lax.rem(step, num_stages)
+    slot = index_rem(step, num_stages)
     plgpu.barrier_wait(loaded.at[slot])
     # A partial or tail block computes the whole buffer; only its own length is stored.
     operands = [in_smem[i, slot].astype(jnp.float32) for i in range(num_inputs)]
     result = elementwise_fn(*operands).astype(out_smem.dtype)
-    out_slot = lax.rem(step, 2)
+    out_slot = index_rem(step, 2)
     plgpu.wait_smem_to_gmem(1, wait_read_only=True)  # The store of step - 2 has read this buffer.
     out_smem[out_slot] = result
     plgpu.commit_smem()

@@ -76,16 +76,13 @@ def _assert_same_type_or_pallas_refuses_float64(implementation, expected, call):
 
 
 x64_modes = pytest.mark.parametrize("x64", [False, True], ids=["x32", "x64"])
-_KERNELS_FAIL_UNDER_X64 = pytest.mark.xfail(
-  strict=True, reason="kernels/mish.py: lax.rem(step, num_stages) mixes int32 and int64 under x64"
-)
 implementations_and_x64_modes = pytest.mark.parametrize(
   "implementation, x64",
   [
     ("xla", False),
     ("xla", True),
     ("pallas", False),
-    pytest.param("pallas", True, marks=_KERNELS_FAIL_UNDER_X64),
+    ("pallas", True),
   ],
   ids=["xla-x32", "xla-x64", "pallas-x32", "pallas-x64"],
 )

@@ -303,3 +303,23 @@ def test_default_configs_fit_shared_memory(dtype):
   small = linear_mish_kernels.default_config(dtype, 1, 1)
   small.validate(dtype)
   assert small.tile_m == 64 and small.tile_n * jnp.dtype(dtype).itemsize == 128
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=_ids)
+def test_x64_mode_runs_and_lowers(dtype):
+  # Five or ten K steps over four stages: the refills' slot arithmetic, whose Python ints x64
+  # would widen to int64.
+  x, kernel, bias, _ = _operands((3, 300), 5, dtype)
+  with jax.enable_x64(True):
+    actual = linear_mish_kernels.linear_mish(x, kernel, bias, interpret=True)
+    assert actual.dtype == dtype
+    error = _relative_error(actual, _unfused_float32(x, kernel, bias))
+    assert error < _TOL[jnp.dtype(dtype)], error
+    assert_lowers_to_mosaic_gpu(
+      jax.grad(
+        lambda *a: jnp.sum(linear_mish_kernels.linear_mish(*a).astype(jnp.float32)), (0, 1, 2)
+      ),
+      x,
+      kernel,
+      bias,
+    )

@@ -357,3 +357,19 @@ def test_custom_vjp_lowers_to_mosaic_gpu(dtype):
   # The MNIST CNN's convolution activation, then the ragged million.
   assert_lowers_to_mosaic_gpu(_grad_of_mish, _zeros((64, 26, 26, 32), dtype))
   assert_lowers_to_mosaic_gpu(_grad_of_mish, _zeros((1000003,), dtype))
+
+
+@pytest.mark.parametrize("path", ["forward", "backward", "derivative"], ids=lambda p: p)
+def test_x64_mode_runs_and_lowers(path):
+  # Under x64 a Python int in the pipeline's index arithmetic would become an int64.
+  x = random_array((2500,), jnp.float32, seed=3)
+  fn, args, expected = {
+    "forward": (mish_kernels.mish_forward, (x,), mish64(x)),
+    "backward": (mish_kernels.mish_backward, (x, x), mish_grad64(x) * _as64(x)),
+    "derivative": (mish_kernels.mish_derivative, (x,), mish_grad64(x)),
+  }[path]
+  with jax.enable_x64(True):
+    actual = fn(*args, **SMALL_TUNING, interpret=True)
+    assert actual.dtype == jnp.float32
+    np.testing.assert_allclose(_as64(actual), expected, rtol=1e-5, atol=1e-6)
+    assert_lowers_to_mosaic_gpu(fn, *(_zeros(a.shape, a.dtype) for a in args))
