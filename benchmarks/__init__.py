@@ -7,4 +7,11 @@ Modules:
 * `references`: float64 numpy references and the tolerance check.
 * `elementwise`, `fused`, `training_cost`, `memory`: the four sections.
 * `report`: the Markdown report; `plots`: the PNG plots.
+
+The GPU check, `python benchmarks/gpu_check.py --help`, one call on a lent Hopper GPU:
+
+* `gpu_check`: the command line and the runner (each section in its own process, on a budget).
+* `gpu_sections`: the measured sections (elementwise, fused, tuning sweep) and their checks.
+* `gpu_results`: results.json, report.md and the figure, rewritten after every case.
+* `roofline`: the chips' limits and each case's bytes and FLOPs, the tables in docs/benchmarks.md.
 """
