@@ -38,7 +38,17 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.typing import ArrayLike
 
-from .mish import check_dtype, index_rem, mish_backward, mish_f32, mish_reference
+from .mish import (
+  check_dtype,
+  check_interpretable,
+  index_rem,
+  mish_backward,
+  mish_f32,
+  mish_reference,
+  out_struct,
+  vary,
+  varying_axes,
+)
 
 # Shared memory per SM of an H100 or H200, the most one program may allocate.
 SMEM_BYTES = 227 * 1024
@@ -222,6 +232,8 @@ def _linear_mish_call(
   save_z: bool,
 ) -> Array | tuple[Array, Array]:
   """The fused kernel on `x: (M, K)`, `w: (K, N)` of one dtype and float32 `b: (N,)`."""
+  if interpret:
+    check_interpretable("linear_mish")
   m, k = x.shape
   n = w.shape[1]
   dtype = x.dtype
@@ -242,7 +254,9 @@ def _linear_mish_call(
     w = w.T
   num_k_steps = k_pad // tile_k
   num_stages = min(config.max_concurrent_steps, num_k_steps)
-  out_type = jax.ShapeDtypeStruct((m_pad, n_pad), dtype)
+  axes = varying_axes(x, w, b)
+  x, w, b = (vary(a, axes) for a in (x, w, b))
+  out_type = out_struct((m_pad, n_pad), dtype, axes)
   kernel = plgpu.kernel(
     functools.partial(
       _linear_mish_kernel,
@@ -272,10 +286,9 @@ def _linear_mish_call(
     interpret=_interpret_params(interpret),
     kernel_name="linear_mish_fwd",
   )
-  outs = kernel(x, w, b)
   if save_z:
-    return tuple(o[:m, :n] for o in outs)
-  return outs[:m, :n]
+    return tuple(vary(o, axes)[:m, :n] for o in kernel(x, w, b))
+  return vary(kernel(x, w, b), axes)[:m, :n]
 
 
 def _batched_call(

@@ -229,6 +229,41 @@ def _num_sms() -> int:
   return device.core_count if device.platform == "gpu" else _H100_NUM_SMS
 
 
+def varying_axes(*operands: Array) -> frozenset[str]:
+  """The manual mesh axes (of an enclosing `shard_map`) that any of `operands` varies over."""
+  return frozenset().union(*(jax.typeof(a).manual_axis_type.varying for a in operands))
+
+
+def vary(array: Array, axes: frozenset[str]) -> Array:
+  """`array`, typed as varying over `axes` too: what `shard_map(check_vma=True)` checks.
+
+  `plgpu.kernel` (JAX 0.10, 0.11) traces under `check_vma=False`, so its outputs come out
+  invariant whatever their `out_type` says; a kernel's output varies as its inputs do.
+  """
+  missing = axes - jax.typeof(array).manual_axis_type.varying
+  return lax.pcast(array, tuple(sorted(missing)), to="varying") if missing else array
+
+
+def out_struct(shape: tuple[int, ...], dtype: jnp.dtype, axes: frozenset[str]):
+  """A kernel's `out_type`, varying over the manual mesh `axes`."""
+  manual_axis_type = jax.sharding.ManualAxisType(varying=axes)
+  return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=manual_axis_type)
+
+
+def check_interpretable(name: str) -> None:
+  """Raises NotImplementedError under a `shard_map` over several devices.
+
+  There each device's interpreted kernel waits for the others' inside Mosaic GPU's interpreter
+  (it hangs, or asserts "Barrier remains allocated", in JAX 0.10); compiled kernels run there.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if any(mesh.shape[axis] > 1 for axis in mesh.manual_axes):
+    raise NotImplementedError(
+      f"{name}: Mosaic GPU's interpret mode does not run under shard_map over several devices;"
+      ' use implementation="xla" there'
+    )
+
+
 # 1. The kernel.
 
 
@@ -361,12 +396,8 @@ def _elementwise(
   params = _interpret_params(interpret)
   config = config.resolve(interpreted=params is not None)
   num_inputs = len(arrays)
-  if params is not None and jax.sharding.get_abstract_mesh().manual_axes:
-    # Each device's kernel would wait for the others' inside the interpreter (it hangs or
-    # asserts in JAX 0.10); refuse instead.
-    raise NotImplementedError(
-      f"{name}: Mosaic GPU's interpret mode does not run under shard_map over several devices"
-    )
+  if params is not None:
+    check_interpretable(name)
 
   def call(*operands: Array) -> Array:
     shape, dtype, size = operands[0].shape, operands[0].dtype, operands[0].size
@@ -379,12 +410,13 @@ def _elementwise(
         f"than the {MAX_SMEM_BYTES_PER_CTA} a Hopper CTA can use"
       )
     plan = BlockPlan(size, config.block_size)
-    flat = [a.reshape(-1) for a in operands]
+    axes = varying_axes(*operands)
+    flat = [vary(a.reshape(-1), axes) for a in operands]
     # Zeros are harmless padding (mish(0) = 0) and are sliced off.
     tails = [jnp.pad(a[plan.main_size :], (0, LANES - plan.tail_size)) for a in flat]
-    out_type = [jax.ShapeDtypeStruct((size,), dtype)]
+    out_type = [out_struct((size,), dtype, axes)]
     if plan.tail_size:
-      out_type.append(jax.ShapeDtypeStruct((LANES,), dtype))
+      out_type.append(out_struct((LANES,), dtype, axes))
     num_ctas = _num_ctas(config, plan, smem_bytes)
     kernel = plgpu.kernel(
       functools.partial(
@@ -407,10 +439,11 @@ def _elementwise(
       kernel_name=name,
     )
     if plan.tail_size:
-      out, out_tail = kernel(*flat, *tails)
+      out, out_tail = (vary(o, axes) for o in kernel(*flat, *tails))
       out = lax.dynamic_update_slice(out, out_tail[: plan.tail_size], (plan.main_size,))
     else:
       (out,) = kernel(*flat)
+      out = vary(out, axes)
     return out.reshape(shape)
 
   @jax.custom_batching.custom_vmap
@@ -512,8 +545,9 @@ def mish(
 
   Any shape; float32, bfloat16 and float16, computed in float32 and returned in the input dtype.
   Reverse-mode differentiation runs a second kernel that computes g * mish'(x) from the saved x.
-  Works under `jax.jit`, `jax.vmap` and `jax.grad`; forward-mode (`jax.jvp`) is not defined here
-  (`mish_derivative` is the kernel for it).
+  Works under `jax.jit`, `jax.vmap`, `jax.grad`, x64 mode and, compiled, `shard_map` (interpreted:
+  over one device only); forward-mode (`jax.jvp`) is not defined here (`mish_derivative` is the
+  kernel for it).
 
   Args:
     x: input array.

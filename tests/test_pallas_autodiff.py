@@ -148,49 +148,126 @@ def _run_on_two_cpu_devices(code: str) -> str:
   return result.stdout
 
 
-_SHARD_MAP_CODE = """
+_SHARD_MAP_PRELUDE = """
   import functools
-  import jax, jax.numpy as jnp, numpy as np
+  import jax, jax.numpy as jnp, numpy as np, pytest
   from jax.sharding import NamedSharding, PartitionSpec as P
   import mish_jax
 
-  mesh = jax.make_mesh((2,), ("d",), axis_types=(jax.sharding.AxisType.Explicit,))
-  jax.set_mesh(mesh)
-  x = jax.device_put(jnp.linspace(-6.0, 6.0, 256), NamedSharding(mesh, P("d")))
   mish_pallas = functools.partial(mish_jax.mish, implementation="pallas")
-  mish_sharded = jax.shard_map(
-    mish_pallas, mesh=mesh, in_specs=P("d"), out_specs=P("d"), check_vma={check_vma}
-  )
-  grad_inside = jax.shard_map(
-    jax.grad(lambda v: mish_pallas(v).sum()), mesh=mesh, in_specs=P("d"), out_specs=P("d"),
-    check_vma={check_vma},
-  )
-  np.testing.assert_allclose(mish_sharded(x), mish_jax.mish(x), rtol=1e-6, atol=1e-7)
-  np.testing.assert_allclose(grad_inside(x), mish_jax.mish_grad(x), rtol=1e-6, atol=1e-7)
-  np.testing.assert_allclose(
-    jax.jvp(mish_sharded, (x,), (x,))[1], mish_jax.mish_grad(x) * x, rtol=1e-6, atol=1e-7
-  )
-  np.testing.assert_allclose(
-    jax.grad(lambda v: mish_sharded(v).sum())(x), mish_jax.mish_grad(x), rtol=1e-6, atol=1e-7
-  )
+  linear_mish_pallas = functools.partial(mish_jax.linear_mish, implementation="pallas")
+  linear_mish_xla = functools.partial(mish_jax.linear_mish, implementation="xla")
+
+  def mesh_of(num_devices):
+    return jax.make_mesh(
+      (num_devices,), ("d",), axis_types=(jax.sharding.AxisType.Explicit,),
+      devices=jax.devices()[:num_devices],
+    )
+
+  def sharded(fn, mesh, check_vma, in_specs=P("d"), out_specs=P("d")):
+    return jax.shard_map(
+      fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=check_vma
+    )
+
+  def total(fn):
+    return lambda *a: jnp.sum(fn(*a).astype(jnp.float32))
+"""
+
+# Compiled, as on a GPU: lowered for CUDA over a 2-device CPU mesh. Under check_vma=True, JAX
+# checks every kernel output's declared variation against its use (a custom_jvp's primal and
+# tangent must agree, out_specs must match).
+_SHARD_MAP_COMPILED_CODE = """
+  from mish_jax._src import dispatch
+  dispatch.pallas_compiles = lambda device=None: True
+  mesh = mesh_of(2)
+  def struct(shape, dtype, spec):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
+
+  def mosaic_gpu_calls(fn, *args):
+    text = jax.export.export(jax.jit(fn), platforms=("cuda",))(*args).mlir_module()
+    return text.count("stablehlo.custom_call @mosaic_gpu")
+
+  for check_vma in (False, True):
+    x = struct((512,), jnp.float32, P("d"))
+    local = functools.partial(sharded, mesh=mesh, check_vma=check_vma)
+    fns = {{
+      "forward": local(mish_pallas),
+      "grad inside": local(jax.grad(total(mish_pallas))),
+      "jvp inside": local(lambda v: jax.jvp(mish_pallas, (v,), (v,))[1]),
+      # Of sum(mish^2): 2 mish mish'' (XLA's) + 2 mish'^2 (the kernels').
+      "hessian-vector inside": local(
+        lambda v: jax.jvp(jax.grad(total(lambda u: mish_pallas(u) ** 2)), (v,), (v,))[1]
+      ),
+      "grad outside": jax.grad(total(local(mish_pallas))),
+    }}
+    for name, fn in fns.items():
+      assert mosaic_gpu_calls(fn, x) >= 1, (check_vma, name)
+    # The weight and bias replicated, the batch split.
+    operands = (
+      struct((128, 64), jnp.{dtype}, P("d")),
+      struct((64, 32), jnp.{dtype}, P()),
+      struct((32,), jnp.{dtype}, P()),
+    )
+    specs = (P("d"), P(), P())
+    local = functools.partial(sharded, mesh=mesh, check_vma=check_vma, in_specs=specs)
+    fns = {{
+      "linear forward": (local(linear_mish_pallas), 1),
+      "linear grad": (local(jax.grad(total(linear_mish_pallas), (0, 1, 2)), out_specs=specs), 2),
+      "linear jvp": (local(lambda *a: jax.jvp(linear_mish_pallas, a, a)[1]), 2),
+    }}
+    for name, (fn, calls) in fns.items():
+      assert mosaic_gpu_calls(fn, *operands) >= calls, (check_vma, name)
+  print("ok")
+"""
+
+# Interpreted: refused over two devices (each device's kernel would wait for the other's in the
+# interpreter), run over one.
+_SHARD_MAP_INTERPRETED_CODE = """
+  def operands(mesh):
+    put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))
+    x = jnp.linspace(-6.0, 6.0, 300)
+    w = jnp.linspace(-1.0, 1.0, 40).reshape(4, 10)
+    b = jnp.linspace(-2.0, 2.0, 10)
+    return put(x, P("d")), put(x.reshape(50, 6)[:, :4], P("d")), put(w, P()), put(b, P())
+
+  specs = (P("d"), P(), P())
+  two = mesh_of(2)
+  x, a, w, b = operands(two)
+  for check_vma in (False, True):
+    local = functools.partial(sharded, mesh=two, check_vma=check_vma)
+    for fn in (mish_pallas, jax.grad(total(mish_pallas))):
+      with pytest.raises(NotImplementedError, match='use implementation="xla" there'):
+        local(fn)(x)
+    with pytest.raises(NotImplementedError, match='linear_mish.*use implementation="xla"'):
+      local(linear_mish_pallas, in_specs=specs)(a, w, b)
+
+  one = mesh_of(1)
+  x, a, w, b = operands(one)
+  close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
+  for check_vma in (False, True):
+    local = functools.partial(sharded, mesh=one, check_vma=check_vma)
+    close(local(mish_pallas)(x), jax.nn.mish(x))
+    close(local(jax.grad(total(mish_pallas)))(x), mish_jax.mish_grad(x))
+    close(local(lambda v: jax.jvp(mish_pallas, (v,), (v,))[1])(x), mish_jax.mish_grad(x) * x)
+    close(local(linear_mish_pallas, in_specs=specs)(a, w, b), linear_mish_xla(a, w, b))
+    linear_grad = jax.grad(total(linear_mish_pallas), (0, 1, 2))
+    grads = local(linear_grad, in_specs=specs, out_specs=specs)(a, w, b)
+    expected = jax.grad(total(linear_mish_xla), (0, 1, 2))(a, w, b)
+    for actual, want in zip(grads, expected, strict=True):
+      close(actual, want)
   print("ok")
 """
 
 
-@pytest.mark.xfail(
-  strict=True,
-  reason="kernels/mish.py _num_sms: a CPU mesh's abstract_device.num_cores is None",
-)
-def test_shard_map_without_vma_checks():
-  assert _run_on_two_cpu_devices(_SHARD_MAP_CODE.format(check_vma=False)).strip() == "ok"
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_shard_map_compiled_lowers_with_and_without_vma_checks(dtype):
+  code = _SHARD_MAP_PRELUDE + _SHARD_MAP_COMPILED_CODE.format(dtype=dtype)
+  assert _run_on_two_cpu_devices(code).strip() == "ok"
 
 
-@pytest.mark.xfail(
-  strict=True,
-  reason="kernels/: the kernels' out_shape does not declare manual_axis_type, and _num_sms",
-)
-def test_shard_map_with_vma_checks():
-  assert _run_on_two_cpu_devices(_SHARD_MAP_CODE.format(check_vma=True)).strip() == "ok"
+def test_shard_map_interpreted_refused_over_two_devices_and_run_over_one():
+  code = _SHARD_MAP_PRELUDE + _SHARD_MAP_INTERPRETED_CODE
+  assert _run_on_two_cpu_devices(code).strip() == "ok"
 
 
 def _operands(m=5, k=7, n=3, dtype=jnp.float32):

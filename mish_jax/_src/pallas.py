@@ -3,8 +3,10 @@
 The kernels compute values only: mish(x), mish'(x), and the fused mish(x @ w + b) with its
 pre-activation z. The rules around them are linear in the tangent (a kernel's mish' times it), so
 JAX transposes them for reverse mode; mish'' and every order above come from the XLA formulas in
-`activations`. Forward mode, reverse mode, `jax.hessian`, `vmap`, `shard_map` and, compiled,
-`jax.checkpoint` then work as on the XLA path.
+`activations`. Forward mode, reverse mode, `jax.hessian`, `vmap`, x64 mode and, compiled,
+`jax.checkpoint` and `shard_map` (with or without `check_vma`) then work as on the XLA path. In
+interpret mode a `shard_map` over several devices raises NotImplementedError naming the XLA
+implementation (Mosaic GPU's interpreter cannot run there); over one device it runs.
 
 Imported only when the Pallas implementation is asked for: the kernels import Pallas.
 """
