@@ -4,6 +4,7 @@ Submodules, imported on demand (they import Pallas):
 
 * `mish_jax.kernels.mish`: the elementwise forward and backward kernels, `mish(x, ...)`.
 * `mish_jax.kernels.linear_mish`: the fused `mish(x @ kernel + bias)`, `linear_mish(...)`.
+* `mish_jax.kernels.common`: what both share: dtypes, the `interpret=` switch, the Mish math.
 
 This package imports only JAX, never the rest of `mish_jax`.
 """

@@ -38,17 +38,17 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.typing import ArrayLike
 
-from .mish import (
+from .common import (
   check_dtype,
   check_interpretable,
   index_rem,
-  mish_backward,
+  interpret_params,
   mish_f32,
-  mish_reference,
   out_struct,
   vary,
   varying_axes,
 )
+from .mish import mish_backward, mish_reference
 
 # Shared memory per SM of an H100 or H200, the most one program may allocate.
 SMEM_BYTES = 227 * 1024
@@ -216,12 +216,6 @@ def _smem_transforms(tile: tuple[int, int], dtype: jnp.dtype) -> tuple[plgpu.Tra
   return plgpu.TilingTransform((8, swizzle // itemsize)), plgpu.SwizzleTransform(swizzle)
 
 
-def _interpret_params(interpret: bool | InterpretGPUParams) -> InterpretGPUParams | None:
-  if isinstance(interpret, InterpretGPUParams):
-    return interpret
-  return InterpretGPUParams() if interpret else None
-
-
 def _linear_mish_call(
   x: Array,
   w: Array,
@@ -283,7 +277,7 @@ def _linear_mish_call(
     grid=(m_pad // tile_m, n_pad // tile_n),
     grid_names=("m", "n"),
     compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
-    interpret=_interpret_params(interpret),
+    interpret=interpret_params(interpret),
     kernel_name="linear_mish_fwd",
   )
   if save_z:

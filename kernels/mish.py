@@ -56,15 +56,21 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from jax import Array, lax
-from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.typing import ArrayLike
 
-# `interpret=`: compiled (False), Mosaic GPU's interpret mode (True), or with these parameters.
-Interpret = bool | InterpretGPUParams
-SUPPORTED_DTYPES: tuple[jnp.dtype, ...] = tuple(
-  map(jnp.dtype, (jnp.float32, jnp.bfloat16, jnp.float16))
+from .common import (
+  Interpret,
+  check_dtype,
+  check_interpretable,
+  index_rem,
+  interpret_params,
+  mish_f32,
+  mish_grad_f32,
+  out_struct,
+  vary,
+  varying_axes,
 )
 
 # One element per thread of a warpgroup: the granule of every block, and 256 bytes or more, a
@@ -82,49 +88,6 @@ _H100_NUM_SMS = 132
 _SMEM_BYTES_PER_SM = 228 * 1024
 MAX_SMEM_BYTES_PER_CTA = 226 * 1024
 _MAX_CTAS_PER_SM = 16
-
-# Past _HIGH, tanh(softplus(x)) rounds to 1 in float32 and mish(x) = x, mish'(x) = 1. Below _LOW,
-# e^x is 0; clipping there keeps x * e^x finite (0) at x = -inf.
-_HIGH = 20.0
-_LOW = -150.0
-
-
-def check_dtype(dtype: jnp.dtype, name: str) -> None:
-  """Raises TypeError unless the kernels support `dtype`."""
-  if jnp.dtype(dtype) not in SUPPORTED_DTYPES:
-    raise TypeError(
-      f"{name} must be float32, bfloat16 or float16 for the Pallas kernels, got {dtype}"
-      + (" (use the XLA implementation for float64)" if dtype == jnp.float64 else "")
-    )
-
-
-def _tanh_softplus_parts(x: Array) -> tuple[Array, Array, Array]:
-  """Returns `(x_c, t, n)`: x clipped, t = e^x_c and n = t (t + 2).
-
-  tanh(softplus(x)) = tanh(log(1 + t)) = ((1 + t)^2 - 1) / ((1 + t)^2 + 1) = n / (n + 2): one exp
-  per element.
-  """
-  x_c = jnp.maximum(jnp.minimum(x, _HIGH), _LOW)
-  t = jnp.exp(x_c)
-  return x_c, t, t * (t + 2.0)
-
-
-def mish_f32(x: Array) -> Array:
-  """Mish of a float32 array, in plain jnp ops that lower on every Pallas backend."""
-  x_c, _, n = _tanh_softplus_parts(x)
-  return jnp.where(x > _HIGH, x, x_c * (n / (n + 2.0)))
-
-
-def mish_grad_f32(x: Array) -> Array:
-  """mish'(x) = n / (n + 2) + 4 x e^x (1 + e^x) / (n + 2)^2 of a float32 array.
-
-  One division, over (n + 2)^2, which the clip keeps below e^80, finite in float32. Gives 1 at
-  +inf, 0 at -inf and NaN for NaN.
-  """
-  x_c, t, n = _tanh_softplus_parts(x)
-  d = n + 2.0
-  slope = (n * d + 4.0 * x_c * (t * (1.0 + t))) / (d * d)
-  return jnp.where(x > _HIGH, 1.0, slope)
 
 
 def _mish_times_g(x: Array, g: Array) -> Array:
@@ -229,47 +192,7 @@ def _num_sms() -> int:
   return device.core_count if device.platform == "gpu" else _H100_NUM_SMS
 
 
-def varying_axes(*operands: Array) -> frozenset[str]:
-  """The manual mesh axes (of an enclosing `shard_map`) that any of `operands` varies over."""
-  return frozenset().union(*(jax.typeof(a).manual_axis_type.varying for a in operands))
-
-
-def vary(array: Array, axes: frozenset[str]) -> Array:
-  """`array`, typed as varying over `axes` too: what `shard_map(check_vma=True)` checks.
-
-  `plgpu.kernel` (JAX 0.10, 0.11) traces under `check_vma=False`, so its outputs come out
-  invariant whatever their `out_type` says; a kernel's output varies as its inputs do.
-  """
-  missing = axes - jax.typeof(array).manual_axis_type.varying
-  return lax.pcast(array, tuple(sorted(missing)), to="varying") if missing else array
-
-
-def out_struct(shape: tuple[int, ...], dtype: jnp.dtype, axes: frozenset[str]):
-  """A kernel's `out_type`, varying over the manual mesh `axes`."""
-  manual_axis_type = jax.sharding.ManualAxisType(varying=axes)
-  return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=manual_axis_type)
-
-
-def check_interpretable(name: str) -> None:
-  """Raises NotImplementedError under a `shard_map` over several devices.
-
-  There each device's interpreted kernel waits for the others' inside Mosaic GPU's interpreter
-  (it hangs, or asserts "Barrier remains allocated", in JAX 0.10); compiled kernels run there.
-  """
-  mesh = jax.sharding.get_abstract_mesh()
-  if any(mesh.shape[axis] > 1 for axis in mesh.manual_axes):
-    raise NotImplementedError(
-      f"{name}: Mosaic GPU's interpret mode does not run under shard_map over several devices;"
-      ' use implementation="xla" there'
-    )
-
-
 # 1. The kernel.
-
-
-def index_rem(index: Array, divisor: int) -> Array:
-  """`index % divisor` in the dtype of `index` (lax.rem makes a Python int an int64 under x64)."""
-  return lax.rem(index, jnp.asarray(divisor, index.dtype))
 
 
 def _streaming_kernel(
@@ -366,13 +289,6 @@ def _streaming_kernel(
 # 2. The `plgpu.kernel` wrapper.
 
 
-def _interpret_params(interpret: Interpret) -> InterpretGPUParams | None:
-  """`True` is GPU interpret mode with default parameters; `False` compiles."""
-  if isinstance(interpret, InterpretGPUParams):
-    return interpret
-  return InterpretGPUParams() if interpret else None
-
-
 def _num_ctas(config: TuningConfig, plan: BlockPlan, smem_bytes: int) -> int:
   if config.num_ctas is not None:
     return min(config.num_ctas, plan.num_blocks)
@@ -393,7 +309,7 @@ def _elementwise(
   and an elementwise one does not need one, so the vmap rule broadcasts unbatched operands and
   calls the kernel on the whole batch.
   """
-  params = _interpret_params(interpret)
+  params = interpret_params(interpret)
   config = config.resolve(interpreted=params is not None)
   num_inputs = len(arrays)
   if params is not None:
