@@ -220,7 +220,7 @@ def _elementwise_case(ctx: Context, size: int, dtype: str, direction: str, title
   x, g = _mish_inputs(size, dtype)
   zero = jnp.zeros((), {2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize])
   # A copy XLA cannot elide: each element's bits XORed with a zero known only at run time.
-  calls: Calls = {COPY: (timing._xor_runtime_zero, (x, zero))}
+  calls: Calls = {COPY: (timing.xor_runtime_zero, (x, zero))}
   for name, fn in {
     JAX_MISH: jax.nn.mish,
     "mish_jax.mish (xla)": functools.partial(mish_jax.mish, implementation="xla"),

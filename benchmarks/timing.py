@@ -174,7 +174,8 @@ def timed_against(
 # Copy: the memory-bound limit.
 
 
-def _xor_runtime_zero(x: jax.Array, zero: jax.Array) -> jax.Array:
+def xor_runtime_zero(x: jax.Array, zero: jax.Array) -> jax.Array:
+  """A copy of `x` that XLA cannot elide: its bits XORed with a zero known only at run time."""
   bits = jax.lax.bitcast_convert_type(x, zero.dtype)
   return jax.lax.bitcast_convert_type(bits ^ zero, x.dtype)
 
@@ -198,7 +199,7 @@ def copy_calls(x: jax.Array) -> dict[str, tuple[Call, float]]:
     AssertionError: if a copy returns the input's buffer or other values.
   """
   zero = jnp.zeros((), {2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize])
-  variants = {"jnp.copy": (jnp.copy, (x,)), "x ^ 0": (_xor_runtime_zero, (x, zero))}
+  variants = {"jnp.copy": (jnp.copy, (x,)), "x ^ 0": (xor_runtime_zero, (x, zero))}
   calls = {}
   for name, (fn, args) in variants.items():
     compiled, compile_s = compile_timed(fn, *args)
