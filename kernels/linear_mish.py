@@ -33,12 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
-from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.typing import ArrayLike
 
 from .common import (
+  Interpret,
   check_dtype,
   check_interpretable,
   index_rem,
@@ -222,7 +222,7 @@ def _linear_mish_call(
   b: Array,
   *,
   config: TuningConfig | None,
-  interpret: bool | InterpretGPUParams,
+  interpret: Interpret,
   save_z: bool,
 ) -> Array | tuple[Array, Array]:
   """The fused kernel on `x: (M, K)`, `w: (K, N)` of one dtype and float32 `b: (N,)`."""
@@ -291,7 +291,7 @@ def _batched_call(
   b: Array,
   *,
   config: TuningConfig | None,
-  interpret: bool | InterpretGPUParams,
+  interpret: Interpret,
   save_z: bool,
 ) -> Array | tuple[Array, Array]:
   """`_linear_mish_call` with a vmap rule that never hands Mosaic GPU a batched kernel."""
@@ -329,7 +329,7 @@ def linear_mish_forward(
   b: Array,
   *,
   config: TuningConfig | None = None,
-  interpret: bool | InterpretGPUParams = False,
+  interpret: Interpret = False,
   save_z: bool = False,
 ) -> Array | tuple[Array, Array]:
   """The fused forward kernel, unvalidated and not differentiable; safe under `jax.vmap`.
@@ -355,7 +355,7 @@ def linear_mish_forward(
 
 
 def _linear_mish_fwd(
-  x: Array, w: Array, b: Array, config: TuningConfig | None, interpret: bool | InterpretGPUParams
+  x: Array, w: Array, b: Array, config: TuningConfig | None, interpret: Interpret
 ) -> tuple[Array, tuple[Array, Array, Array]]:
   y, z = linear_mish_forward(x, w, b, config=config, interpret=interpret, save_z=True)
   return y, (x, w, z)
@@ -363,7 +363,7 @@ def _linear_mish_fwd(
 
 def _linear_mish_bwd(
   config: TuningConfig | None,
-  interpret: bool | InterpretGPUParams,
+  interpret: Interpret,
   residuals: tuple[Array, Array, Array],
   g: Array,
 ) -> tuple[Array, Array, Array]:
@@ -381,7 +381,7 @@ def _linear_mish_bwd(
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _linear_mish(
-  x: Array, w: Array, b: Array, config: TuningConfig | None, interpret: bool | InterpretGPUParams
+  x: Array, w: Array, b: Array, config: TuningConfig | None, interpret: Interpret
 ) -> Array:
   return linear_mish_forward(x, w, b, config=config, interpret=interpret)
 
@@ -396,7 +396,7 @@ def linear_mish(
   bias: ArrayLike | None = None,
   *,
   config: TuningConfig | None = None,
-  interpret: bool | InterpretGPUParams = False,
+  interpret: Interpret = False,
 ) -> Array:
   """`mish(x @ kernel + bias)` in one Mosaic GPU kernel, differentiable once in all three.
 
