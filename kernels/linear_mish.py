@@ -145,6 +145,9 @@ def _linear_mish_kernel(
 
 # 2. The `plgpu.kernel` wrapper and its tuning config.
 
+_WARPGROUP_THREADS = 128
+_MAX_ACCUMULATOR_REGISTERS = 128
+
 
 @dataclasses.dataclass(frozen=True)
 class TuningConfig:
@@ -182,6 +185,15 @@ class TuningConfig:
       raise ValueError(f"max_concurrent_steps must be >= 2, got {self.max_concurrent_steps}")
     if (size := self.smem_bytes(dtype)) > SMEM_BYTES:
       raise ValueError(f"{self} needs {size} bytes of shared memory, more than {SMEM_BYTES}")
+    # One warpgroup (128 threads) holds the float32 accumulator: tile_m * tile_n / 128 registers a
+    # thread. Past 128 of them the epilogue spills (ptxas for sm_90a, bfloat16: 128x192 spills
+    # 2.3 KB, 128x256 6.2 KB and 256x128 5.8 KB, each at the 255-register ceiling).
+    accumulator = self.tile_m * self.tile_n // _WARPGROUP_THREADS
+    if accumulator > _MAX_ACCUMULATOR_REGISTERS:
+      raise ValueError(
+        f"{self} keeps {accumulator} accumulator registers a thread, more than"
+        f" {_MAX_ACCUMULATOR_REGISTERS}: the kernel would spill (tile_m * tile_n <= 16384)"
+      )
 
 
 # 16-bit: 4 stages x (128 + 128) x 64 x 2 B = 128 KiB of input slots, a 32 KiB output tile and

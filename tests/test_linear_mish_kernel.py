@@ -182,6 +182,8 @@ class LinearMishKernelTestBase:
       ((4, 3), (3, 2), (2,), TuningConfig(64, 128, 512, 2)),  # Past TMA's 256.
       ((4, 3), (3, 2), (2,), TuningConfig(64, 128, 32, 1)),  # One stage cannot overlap.
       ((4, 3), (3, 2), (2,), TuningConfig(256, 256, 32, 4)),  # 320 KiB of shared memory.
+      ((4, 3), (3, 2), (2,), TuningConfig(128, 192, 64, 3)),  # Spills: 192 accumulator registers.
+      ((4, 3), (3, 2), (2,), TuningConfig(256, 128, 64, 3)),  # Spills: 256 accumulator registers.
     ],
   )
   def test_bad_arguments(self, x_shape, kernel_shape, bias_shape, config):
