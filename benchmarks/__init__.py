@@ -14,4 +14,9 @@ The GPU check, `python benchmarks/gpu_check.py --help`, one call on a lent Hoppe
 * `gpu_sections`: the measured sections (elementwise, fused, tuning sweep) and their checks.
 * `gpu_results`: results.json, report.md and the figure, rewritten after every case.
 * `roofline`: the chips' limits and each case's bytes and FLOPs, the tables in docs/benchmarks.md.
+
+The compile check, `python benchmarks/sass.py --help`, on a CPU:
+
+* `sass`: every kernel compiled to sm_90a machine code; ptxas's registers and spills, each
+  launch's grid, block and shared memory, the occupancy, checked against Hopper's limits.
 """
