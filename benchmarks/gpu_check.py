@@ -48,7 +48,6 @@ from typing import Any
 if not __package__:  # Run as a script: import `benchmarks` (and `experiments`) from the checkout.
   sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import mish_jax
 from benchmarks import gpu_results, gpu_sections
 from benchmarks.gpu_results import FIGURE, LOG, REPORT, RESULTS, TESTS_LOG
 from benchmarks.roofline import roofline_markdown
@@ -64,27 +63,31 @@ DEFAULT_BUDGET_S = 420.0
 KERNEL_TESTS = ("tests/test_mish_kernel.py", "tests/test_linear_mish_kernel.py")
 
 
-def ensure_importable() -> None:
-  """Makes `mish_jax.kernels` importable from this checkout.
+def _installed_kernels() -> Path | None:
+  """The folder `mish_jax.kernels` imports from, or None where it is not installed."""
+  spec = importlib.util.find_spec("mish_jax.kernels")
+  return Path(spec.origin).resolve().parent if spec and spec.origin else None
 
-  The GPU image has no `pip install -e .` of this repository: `kernels/` is then registered as
-  `mish_jax.kernels`, as pyproject.toml's package-dir maps it.
+
+def ensure_installed() -> None:
+  """Installs this checkout, `pip install --no-deps -e .`, where `mish_jax.kernels` is not it.
+
+  The GPU image has JAX, Flax and Optax but not this package, and nothing can be downloaded
+  there: no dependencies and no build isolation (its own setuptools builds). The sections' and
+  the tests' processes, started afterwards, import the checkout as pyproject.toml maps it.
+
+  Raises:
+    cli.Fault: when pip fails; the message holds the end of its output.
   """
-  if importlib.util.find_spec("mish_jax.kernels") is None:
-    kernels = REPO_ROOT / "kernels"
-    spec = importlib.util.spec_from_file_location(
-      "mish_jax.kernels", kernels / "__init__.py", submodule_search_locations=[str(kernels)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["mish_jax.kernels"] = module
-    spec.loader.exec_module(module)
-    mish_jax.kernels = module
-
-
-_PYTEST = (
-  "import sys; sys.path.insert(0, {root!r}); from benchmarks.gpu_check import ensure_importable; "
-  "ensure_importable(); import pytest; sys.exit(pytest.main(sys.argv[1:]))"
-)
+  if _installed_kernels() == REPO_ROOT / "kernels":
+    return
+  command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+  command += ["-e", str(REPO_ROOT)]
+  print(f"[gpu_check] installing the checkout: {shlex.join(command)}", flush=True)
+  done = subprocess.run(command, capture_output=True, text=True)
+  if done.returncode:
+    output = cli.one_line(done.stdout + done.stderr)[-600:]
+    raise cli.Fault(f"could not install the checkout ({shlex.join(command)}): {output}")
 
 
 def _wait(process: subprocess.Popen, timeout_s: float) -> int | None:
@@ -109,7 +112,7 @@ def run_tests(out: Path, timeout_s: float) -> dict[str, Any]:
   # "-k" matches test names too (test_..._compiled_...), hence the exclusions.
   select = "Compiled and not Interpret and not Lowering"
   args = ["-q", "-rfEs", "-p", "no:cacheprovider", "-k", select, *KERNEL_TESTS]
-  command = [sys.executable, "-c", _PYTEST.format(root=str(REPO_ROOT)), *args]
+  command = [sys.executable, "-m", "pytest", *args]
   with open(out / TESTS_LOG, "w") as log:
     process = subprocess.Popen(
       command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True
@@ -148,7 +151,6 @@ def run_cases(out: Path, section: str, cases: Iterator[gpu_sections.Case], deadl
 
 def run_section(args: argparse.Namespace) -> int:
   """The body of one section's process (`--section NAME`)."""
-  ensure_importable()
   deadline = time.monotonic() + args.deadline
   if args.section == "tests":  # Before this process's JAX takes the GPU's memory.
     record = run_tests(args.out, args.deadline)
@@ -173,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
   """Runs the sections one by one, each in a process killed at its budget; the exit status."""
   out: Path = args.out
   cli.prepare_out(out, resume=False, resumable=False)  # Before any work.
+  ensure_installed()
   command = [Path(sys.argv[0]).name, *sys.argv[1:]]
   header = {"command": command, "budget_s": args.budget, "environment": None, "sections": {}}
   gpu_results.write_results(out, header)

@@ -370,7 +370,7 @@ def sweep_cases(ctx: Context) -> Iterator[Case]:
 
 
 def _elementwise_sweep(ctx: Context, kernel: str, dtype: str, title: str) -> dict[str, Any]:
-  from mish_jax.kernels import mish as mish_kernels  # Registered at run time off an install.
+  from mish_jax.kernels import mish as mish_kernels
 
   x, g = _mish_inputs(ctx.plan.sweep_size, dtype)
   fn = getattr(mish_kernels, kernel)

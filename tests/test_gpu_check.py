@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import re
 import subprocess
 import sys
 import time
@@ -355,15 +354,33 @@ def test_roofline_flag_prints_the_tables(capsys):
   assert capsys.readouterr().out == roofline.roofline_markdown()
 
 
-def test_ensure_importable_without_an_installed_package():
-  """On the GPU image nothing is pip-installed: `kernels/` must still import as mish_jax.kernels."""
-  code = (
-    "import importlib.util, sys; find = importlib.util.find_spec; "
-    "importlib.util.find_spec = lambda n, *a: None if n == 'mish_jax.kernels' else find(n, *a); "
-    f"sys.path.insert(0, {str(REPO_ROOT)!r}); "
-    "from benchmarks.gpu_check import ensure_importable; ensure_importable(); "
-    "import mish_jax.kernels.linear_mish as m; print(m.__file__)"
+def test_ensure_installed_leaves_an_install_of_this_checkout(monkeypatch):
+  monkeypatch.setattr(gpu_check.subprocess, "run", lambda *a, **k: pytest.fail("pip ran"))
+  gpu_check.ensure_installed()  # This checkout is installed (the README's command).
+
+
+def test_ensure_installed_installs_the_checkout_without_dependencies(monkeypatch):
+  """On the GPU image nothing is pip-installed and nothing can be downloaded."""
+  commands = []
+  monkeypatch.setattr(gpu_check, "_installed_kernels", lambda: None)
+  monkeypatch.setattr(
+    gpu_check.subprocess,
+    "run",
+    lambda command, **kw: commands.append(command) or subprocess.CompletedProcess(command, 0),
   )
-  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-  assert done.returncode == 0, done.stderr
-  assert re.search(r"kernels/linear_mish\.py$", done.stdout.strip())
+  gpu_check.ensure_installed()
+  (command,) = commands
+  assert command[:4] == [sys.executable, "-m", "pip", "install"]
+  assert {"--no-deps", "--no-build-isolation"} <= set(command)
+  assert command[-2:] == ["-e", str(REPO_ROOT)]
+
+
+def test_ensure_installed_reports_a_failed_install(monkeypatch):
+  monkeypatch.setattr(gpu_check, "_installed_kernels", lambda: Path("/elsewhere/kernels"))
+  monkeypatch.setattr(
+    gpu_check.subprocess,
+    "run",
+    lambda command, **kw: subprocess.CompletedProcess(command, 1, "", "ERROR: no setuptools\n"),
+  )
+  with pytest.raises(gpu_check.cli.Fault, match="could not install the checkout.*no setuptools"):
+    gpu_check.ensure_installed()
