@@ -5,7 +5,9 @@ from __future__ import annotations
 import types
 
 import jax
+import jax.numpy as jnp
 import pytest
+from jax._src.mesh import AbstractDevice
 
 import mish_jax
 from mish_jax._src import dispatch
@@ -112,3 +114,39 @@ def test_public_ops_refuse_pallas_on_an_ampere_gpu(default_device):
   x = jax.numpy.zeros((1, 2, 3, 5, 7), jax.numpy.float16)
   with pytest.raises(NotImplementedError, match="implementation='xla'"):
     mish_jax.mish(x, implementation="pallas")
+
+
+ABSTRACT_H100 = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu")
+
+
+def test_target_device_of_a_concrete_array_is_its_device(default_device):
+  default_device(H100)  # A GPU host: the array's CPU placement decides, not the default.
+  x = jax.device_put(jnp.ones(3), CPU)
+  assert dispatch.target_device([x]) == CPU
+  assert dispatch.resolve_implementation("pallas", x) == ("xla", False)
+
+
+def test_target_device_of_a_traced_operand_is_its_meshs():
+  mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=ABSTRACT_H100)
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  found = []
+  jax.jit(lambda x: found.append(dispatch.target_device([x])) or x).trace(
+    jax.ShapeDtypeStruct((4,), jnp.float32, sharding=sharding)
+  )
+  assert found == [ABSTRACT_H100]
+  assert mish_jax.pallas_compiles(ABSTRACT_H100)  # Hopper by its kind: no capability to ask.
+
+
+def test_target_device_of_the_abstract_mesh_in_context():
+  mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=ABSTRACT_H100)
+  with jax.sharding.use_abstract_mesh(mesh):
+    assert dispatch.target_device() == ABSTRACT_H100
+    assert dispatch.resolve_implementation("pallas") == ("pallas", False)
+
+
+def test_cpu_computation_on_a_gpu_host_takes_xla(default_device):
+  default_device(H100)
+  with jax.default_device(CPU):
+    assert dispatch.target_device() == CPU
+    assert dispatch.resolve_implementation("pallas") == ("xla", False)
+  assert dispatch.resolve_implementation("pallas") == ("pallas", False)

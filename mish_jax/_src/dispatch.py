@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import jax
 
@@ -25,13 +27,18 @@ def _gpu_runtime(device: jax.Device) -> str | None:
   return "cuda"
 
 
+# What an abstract device (of a mesh, or a deviceless compile's topology) says: its kind only.
+_HOPPER_KINDS = re.compile(r"NVIDIA (GH200|H100|H200|H800|H20)\b")
+
+
 def _compute_capability(device: jax.Device) -> tuple[int, int] | None:
   """A CUDA device's compute capability, e.g. (9, 0) for an H100; None if it has none."""
   try:
     major, minor = str(device.compute_capability).split(".")[:2]
     return int(major), int(minor)
   except (AttributeError, ValueError):
-    return None
+    kind = getattr(device, "device_kind", "")
+    return (9, 0) if isinstance(kind, str) and _HOPPER_KINDS.match(kind) else None
 
 
 def _describe(device: jax.Device) -> str:
@@ -65,16 +72,45 @@ def pallas_compiles(device: jax.Device | None = None) -> bool:
   return capability is not None and capability[0] == _COMPILED_COMPUTE_CAPABILITY_MAJOR
 
 
-def resolve_implementation(implementation: str | None) -> tuple[Implementation, bool]:
-  """Validates `implementation` and picks one for the default device.
+def target_device(operands: Sequence[Any] = ()) -> Any:
+  """The device a computation on `operands` runs on, as far as they and the context say.
+
+  In order: a concrete array's device; the abstract device of a traced operand's mesh (under
+  `jit` with `NamedSharding`s, or a deviceless compile's topology); that of the abstract mesh in
+  context (`shard_map`, `jax.sharding.use_mesh`); the `jax.default_device` in context; the
+  default device. An uncommitted computation runs on the last.
+  """
+  arrays = [operand for operand in operands if isinstance(operand, jax.Array)]
+  for array in arrays:
+    if not isinstance(array, jax.core.Tracer):
+      return min(array.sharding.device_set, key=lambda device: device.id)
+  for array in arrays:
+    mesh = getattr(jax.typeof(array).sharding, "mesh", None)
+    if (device := getattr(mesh, "abstract_device", None)) is not None:
+      return device
+  if (device := jax.sharding.get_abstract_mesh().abstract_device) is not None:
+    return device
+  default = jax.config.jax_default_device
+  if isinstance(default, str):
+    return jax.devices(default)[0]
+  return default if default is not None else jax.devices()[0]
+
+
+def resolve_implementation(
+  implementation: str | None, *operands: Any
+) -> tuple[Implementation, bool]:
+  """Validates `implementation` and picks one for the device the operands run on.
 
   Args:
     implementation: `None` (the fastest for the backend: XLA on every backend measured so far),
       `"xla"` or `"pallas"`.
+    *operands: the op's array operands; `target_device` finds where they run.
 
   Returns:
-    `(implementation, interpret)`: `interpret` is True when Pallas runs its kernels under Mosaic
-    GPU's interpret mode, on a CPU.
+    `(implementation, interpret)`. `"pallas"` compiles the kernels on a Hopper GPU. On a CPU it
+    runs them under Mosaic GPU's interpret mode (`interpret` True) where the CPU is the default
+    device (a host without a GPU), and takes the XLA path where it is not: on a GPU host a
+    computation placed on its CPU would otherwise run a simulation of the GPU.
 
   Raises:
     ValueError: for any other value.
@@ -85,11 +121,11 @@ def resolve_implementation(implementation: str | None) -> tuple[Implementation, 
     raise ValueError(f"implementation must be None, 'xla' or 'pallas', got {implementation!r}")
   if implementation is None or implementation == "xla":
     return "xla", False
-  device = jax.devices()[0]
+  device = target_device(operands)
   if pallas_compiles(device):
     return "pallas", False
   if device.platform == "cpu":
-    return "pallas", True
+    return ("pallas", True) if jax.devices()[0].platform == "cpu" else ("xla", False)
   runtime = _gpu_runtime(device)
   reason = (
     "the Pallas kernels are written for Mosaic GPU on Hopper (compute capability 9.x)"
