@@ -1,15 +1,16 @@
 """Fused `mish(x @ kernel + bias)` for Hopper GPUs, in Mosaic GPU's kernel style.
 
 One kernel, `_linear_mish_kernel`, computes one `(tile_m, tile_n)` output tile per program of a
-`(M / tile_m, N / tile_n)` grid. It runs a `max_concurrent_steps`-stage pipeline over K: TMA
-copies fill a ring of swizzled shared-memory slots for the x and weight tiles, each slot guarded
-by a barrier, while `wgmma` accumulates the slot loaded before into a float32 register
-accumulator. The epilogue adds the bias, applies Mish to the float32 accumulator and stores the
-tile once (and the pre-activation z too, for the backward pass). There is no second, simplified
-kernel: `interpret=True` runs this very kernel under Mosaic GPU interpret mode, which simulates
-shared memory, the TMA copies, barriers and `wgmma` on the CPU. One step differs there: JAX's
-interpreter (0.10, 0.11) takes no transposed `wgmma` operand, so for float32 it multiplies the
-same shared-memory tiles with a dot (and the fence that generic reads need before a TMA refill).
+one-dimensional grid of `(M / tile_m) * (N / tile_n)` programs, N fastest (a grid's x dimension
+holds 2^31 - 1 programs, y and z only 65535). It runs a `max_concurrent_steps`-stage pipeline over
+K: TMA copies fill a ring of swizzled shared-memory slots for the x and weight tiles, each slot
+guarded by a barrier, while `wgmma` accumulates the slot loaded before into a float32 register
+accumulator. The epilogue adds the bias, applies Mish to the float32 accumulator and stores the tile
+once (and the pre-activation z too, for the backward pass). There is no second, simplified kernel:
+`interpret=True` runs this very kernel under Mosaic GPU interpret mode, which simulates shared
+memory, the TMA copies, barriers and `wgmma` on the CPU. One step differs there: JAX's interpreter
+(0.10, 0.11) takes no transposed `wgmma` operand, so for float32 it multiplies the same
+shared-memory tiles with a dot (and the fence that generic reads need before a TMA refill).
 
 Ragged shapes are made whole before the kernel, so that every TMA copy is in bounds and every
 output element is written by exactly one program, alike on a GPU (whose TMA would clip or
@@ -59,6 +60,11 @@ _SWIZZLE_BYTES = 128
 # 1. The kernel.
 
 
+# The float32 `save_z` epilogue applies Mish to this many columns at a time (sm_90a, 128 x 128
+# tiles: 158 registers a thread; the whole tile at once, 165).
+_EPILOGUE_COLUMNS = 64
+
+
 def _linear_mish_kernel(
   x_gmem,
   w_gmem,
@@ -72,6 +78,7 @@ def _linear_mish_kernel(
   load_barriers,
   bias_barrier,
   config: TuningConfig,
+  num_n_tiles: int,
   num_k_steps: int,
   w_k_major: bool,
   interpreted: bool,
@@ -79,8 +86,9 @@ def _linear_mish_kernel(
   """One `(tile_m, tile_n)` output tile: a pipelined K loop of `wgmma`s, then the epilogue."""
   tile_m, tile_n, tile_k = config.tile_m, config.tile_n, config.tile_k
   num_stages = min(config.max_concurrent_steps, num_k_steps)
-  m_slice = pl.ds(lax.axis_index("m") * tile_m, tile_m)
-  n_slice = pl.ds(lax.axis_index("n") * tile_n, tile_n)
+  tile = lax.axis_index("tile")
+  m_slice = pl.ds(lax.div(tile, jnp.asarray(num_n_tiles, tile.dtype)) * tile_m, tile_m)
+  n_slice = pl.ds(index_rem(tile, num_n_tiles) * tile_n, tile_n)
 
   def fetch(step, slot):
     k_slice = pl.ds(step * tile_k, tile_k)
@@ -135,11 +143,27 @@ def _linear_mish_kernel(
     acc = pl.run_scoped(accumulate, plgpu.ACC((tile_m, tile_n), jnp.float32))
   plgpu.barrier_wait(bias_barrier)
   z = acc + lax.broadcast_in_dim(b_smem[...], acc.shape, (1,))
-  for out_gmem, value in [(y_gmem, mish_f32(z))] + [(z_ref, z) for z_ref in z_gmem]:
-    plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # The previous store has read out_smem.
-    out_smem[...] = value.astype(out_smem.dtype)
+  step = math.gcd(tile_n, _EPILOGUE_COLUMNS)
+  chunks = [slice(start, start + step) for start in range(0, tile_n, step)]
+
+  def store(out_gmem):
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(out_smem, out_gmem.at[m_slice, n_slice])
+
+  if z_gmem and out_smem.dtype == jnp.float32:
+    # z is exact in a float32 out_smem: store it, then apply Mish there, so that z need not stay
+    # in registers beside mish(z) (both took the kernel to 255 registers).
+    out_smem[...] = z
+    store(z_gmem[0])
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+    for columns in chunks:
+      out_smem[:, columns] = mish_f32(out_smem[:, columns])
+    store(y_gmem)
+  else:
+    for out_gmem, value in [(y_gmem, mish_f32(z))] + [(z_ref, z) for z_ref in z_gmem]:
+      plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # The previous store has read out_smem.
+      out_smem[...] = value.astype(out_smem.dtype)
+      store(out_gmem)
   plgpu.wait_smem_to_gmem(0)
 
 
@@ -165,14 +189,16 @@ class TuningConfig:
   tile_k: int
   max_concurrent_steps: int
 
-  def smem_bytes(self, dtype: jnp.dtype) -> int:
+  def smem_bytes(self, dtype: jnp.dtype, out_dtype: jnp.dtype | None = None) -> int:
     """Shared memory one program allocates: input slots, the output tile and the bias."""
     itemsize = jnp.dtype(dtype).itemsize
+    out_itemsize = jnp.dtype(out_dtype or dtype).itemsize
     inputs = self.max_concurrent_steps * (self.tile_m + self.tile_n) * self.tile_k * itemsize
-    return inputs + self.tile_m * self.tile_n * itemsize + self.tile_n * 4
+    return inputs + self.tile_m * self.tile_n * out_itemsize + self.tile_n * 4
 
-  def validate(self, dtype: jnp.dtype) -> None:
-    """Raises ValueError for tiles that do not lower for operands of `dtype`."""
+  def validate(self, dtype: jnp.dtype, out_dtype: jnp.dtype | None = None) -> None:
+    """Raises ValueError for tiles that do not lower for operands of `dtype` (and the output's,
+    `out_dtype`, `dtype` when None)."""
     row = _SWIZZLE_BYTES // jnp.dtype(dtype).itemsize
     if self.tile_m % 64 or not 0 < self.tile_m <= 256:
       raise ValueError(f"tile_m must be a multiple of 64 in [64, 256], got {self.tile_m}")
@@ -183,7 +209,7 @@ class TuningConfig:
     # One stage would refill the slot that the wgmma in flight still reads.
     if self.max_concurrent_steps < 2:
       raise ValueError(f"max_concurrent_steps must be >= 2, got {self.max_concurrent_steps}")
-    if (size := self.smem_bytes(dtype)) > SMEM_BYTES:
+    if (size := self.smem_bytes(dtype, out_dtype)) > SMEM_BYTES:
       raise ValueError(f"{self} needs {size} bytes of shared memory, more than {SMEM_BYTES}")
     # One warpgroup (128 threads) holds the float32 accumulator: tile_m * tile_n / 128 registers a
     # thread. Past 128 of them the epilogue spills (ptxas for sm_90a, bfloat16: 128x192 spills
@@ -221,6 +247,18 @@ def _round_up(size: int, multiple: int) -> int:
   return max(pl.cdiv(size, multiple), 1) * multiple
 
 
+# CUDA's limit on a grid's x dimension.
+_MAX_GRID_X = 2**31 - 1
+
+
+def _grid_size(num_m_tiles: int, num_n_tiles: int) -> int:
+  """The programs of a launch, one per output tile; ValueError past CUDA's grid."""
+  size = num_m_tiles * num_n_tiles
+  if size > _MAX_GRID_X:
+    raise ValueError(f"{num_m_tiles} x {num_n_tiles} output tiles: more than CUDA's {_MAX_GRID_X}")
+  return size
+
+
 def _smem_transforms(tile: tuple[int, int], dtype: jnp.dtype) -> tuple[plgpu.Transform, ...]:
   """The tiling and swizzle that `wgmma` operands and TMA-stored tiles need in shared memory."""
   itemsize = jnp.dtype(dtype).itemsize
@@ -236,6 +274,7 @@ def _linear_mish_call(
   config: TuningConfig | None,
   interpret: Interpret,
   save_z: bool,
+  out_dtype: jnp.dtype,
 ) -> Array | tuple[Array, Array]:
   """The fused kernel on `x: (M, K)`, `w: (K, N)` of one dtype and float32 `b: (N,)`."""
   if interpret:
@@ -262,11 +301,12 @@ def _linear_mish_call(
   num_stages = min(config.max_concurrent_steps, num_k_steps)
   axes = varying_axes(x, w, b)
   x, w, b = (vary(a, axes) for a in (x, w, b))
-  out_type = out_struct((m_pad, n_pad), dtype, axes)
+  out_type = out_struct((m_pad, n_pad), out_dtype, axes)
   kernel = plgpu.kernel(
     functools.partial(
       _linear_mish_kernel,
       config=config,
+      num_n_tiles=n_pad // tile_n,
       num_k_steps=num_k_steps,
       w_k_major=w_k_major,
       interpreted=bool(interpret),
@@ -279,15 +319,16 @@ def _linear_mish_call(
       w_smem=plgpu.SMEM((num_stages, *w_tile), dtype, transforms=_smem_transforms(w_tile, dtype)),
       b_smem=plgpu.SMEM((tile_n,), jnp.float32),
       out_smem=plgpu.SMEM(
-        (tile_m, tile_n), dtype, transforms=_smem_transforms((tile_m, tile_n), dtype)
+        (tile_m, tile_n), out_dtype, transforms=_smem_transforms((tile_m, tile_n), out_dtype)
       ),
       load_barriers=plgpu.Barrier(num_arrivals=2, num_barriers=num_stages),
       bias_barrier=plgpu.Barrier(num_arrivals=1),
     ),
-    # Programs launch in row-major grid order, N fastest: those in flight share a few row panels
-    # of x, read from HBM once and then from L2, and stream the weight (usually the smaller).
-    grid=(m_pad // tile_m, n_pad // tile_n),
-    grid_names=("m", "n"),
+    # One grid dimension, x (up to 2^31 - 1 programs; y and z stop at 65535, which a tall M
+    # would pass). Programs launch in order, N fastest: those in flight share a few row panels of
+    # x, read from HBM once and then from L2, and stream the weight (usually the smaller).
+    grid=(_grid_size(m_pad // tile_m, n_pad // tile_n),),
+    grid_names=("tile",),
     compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
     interpret=interpret_params(interpret),
     kernel_name="linear_mish_fwd",
@@ -305,9 +346,12 @@ def _batched_call(
   config: TuningConfig | None,
   interpret: Interpret,
   save_z: bool,
+  out_dtype: jnp.dtype,
 ) -> Array | tuple[Array, Array]:
   """`_linear_mish_call` with a vmap rule that never hands Mosaic GPU a batched kernel."""
-  call = functools.partial(_linear_mish_call, config=config, interpret=interpret, save_z=save_z)
+  call = functools.partial(
+    _linear_mish_call, config=config, interpret=interpret, save_z=save_z, out_dtype=out_dtype
+  )
 
   @jax.custom_batching.custom_vmap
   def fused(x, w, b):
@@ -343,43 +387,57 @@ def linear_mish_forward(
   config: TuningConfig | None = None,
   interpret: Interpret = False,
   save_z: bool = False,
+  out_dtype: jnp.dtype | None = None,
 ) -> Array | tuple[Array, Array]:
   """The fused forward kernel, unvalidated and not differentiable; safe under `jax.vmap`.
 
   Args:
     x: `(M, K)` input.
-    w: `(K, N)` weight, of the dtype of `x`.
+    w: `(K, N)` weight, of the dtype of `x`: the dtype the matmul runs in.
     b: `(N,)` float32 bias.
     config: the tiles; None picks `default_config(x.dtype, M, N)`.
     interpret: run under Mosaic GPU interpret mode: True with default `InterpretGPUParams()`, or
       the given `InterpretGPUParams`.
     save_z: also return the pre-activation.
+    out_dtype: the outputs' dtype, `x.dtype` when None (float32 for 16-bit operands with a
+      float32 bias, as jnp promotes `x @ w + b`).
 
   Returns:
-    `y = mish(x @ w + b)`, or `(y, z)` with `z = x @ w + b` when `save_z`; `(M, N)` in the dtype of
-    `x`.
+    `y = mish(x @ w + b)`, or `(y, z)` with `z = x @ w + b` when `save_z`; `(M, N)` in
+    `out_dtype`.
   """
   m, n = x.shape[0], w.shape[1]
+  out_dtype = jnp.dtype(out_dtype or x.dtype)
   if m == 0 or n == 0:
-    y = jnp.zeros((m, n), x.dtype)
+    y = jnp.zeros((m, n), out_dtype)
     return (y, y) if save_z else y
-  return _batched_call(x, w, b, config=config, interpret=interpret, save_z=save_z)
+  return _batched_call(
+    x, w, b, config=config, interpret=interpret, save_z=save_z, out_dtype=out_dtype
+  )
 
 
 def _linear_mish_fwd(
-  x: Array, w: Array, b: Array, config: TuningConfig | None, interpret: Interpret
+  x: Array,
+  w: Array,
+  b: Array,
+  config: TuningConfig | None,
+  interpret: Interpret,
+  out_dtype: jnp.dtype,
 ) -> tuple[Array, tuple[Array, Array, Array]]:
-  y, z = linear_mish_forward(x, w, b, config=config, interpret=interpret, save_z=True)
+  y, z = linear_mish_forward(
+    x, w, b, config=config, interpret=interpret, save_z=True, out_dtype=out_dtype
+  )
   return y, (x, w, z)
 
 
 def _linear_mish_bwd(
   config: TuningConfig | None,
   interpret: Interpret,
+  out_dtype: jnp.dtype,
   residuals: tuple[Array, Array, Array],
   g: Array,
 ) -> tuple[Array, Array, Array]:
-  del config  # Unused: the backward's matmuls are XLA's.
+  del config, out_dtype  # Unused: the backward's matmuls are XLA's.
   x, w, z = residuals
   gz = mish_backward(z, g, interpret=interpret)
   dx = jnp.dot(gz, w.T, preferred_element_type=jnp.float32).astype(x.dtype)
@@ -391,11 +449,16 @@ def _linear_mish_bwd(
 # 4. The `custom_vjp` public function.
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _linear_mish(
-  x: Array, w: Array, b: Array, config: TuningConfig | None, interpret: Interpret
+  x: Array,
+  w: Array,
+  b: Array,
+  config: TuningConfig | None,
+  interpret: Interpret,
+  out_dtype: jnp.dtype,
 ) -> Array:
-  return linear_mish_forward(x, w, b, config=config, interpret=interpret)
+  return linear_mish_forward(x, w, b, config=config, interpret=interpret, out_dtype=out_dtype)
 
 
 _linear_mish.defvjp(_linear_mish_fwd, _linear_mish_bwd)
@@ -412,10 +475,12 @@ def linear_mish(
 ) -> Array:
   """`mish(x @ kernel + bias)` in one Mosaic GPU kernel, differentiable once in all three.
 
-  The matmul accumulates in float32 (tf32 `wgmma` for float32 operands); the bias and Mish are
+  The matmul runs in the dtype of `x` and `kernel` (`jnp.result_type(x, kernel)`) and accumulates
+  in float32 (tf32 `wgmma` for float32 operands); the bias, of any float dtype, and Mish are
   applied to the float32 accumulator before the result is rounded to the output dtype,
-  `jnp.result_type(x, kernel, bias)`. Reverse mode only: forward-mode rules build on
-  `linear_mish_forward`.
+  `jnp.result_type(x, kernel, bias)`: bfloat16 operands with a float32 bias run the bfloat16
+  matmul and give float32, as `mish(x @ kernel + bias)` does in jnp. Reverse mode only:
+  forward-mode rules build on `linear_mish_forward`.
 
   Args:
     x: `(..., K)` input; leading dimensions are flattened into the matmul's M.
@@ -442,15 +507,17 @@ def linear_mish(
   n = kernel.shape[1]
   if bias is not None and jnp.shape(bias) != (n,):
     raise ValueError(f"expected bias of shape ({n},), got {jnp.shape(bias)}")
-  dtype = jnp.result_type(*operands)
-  check_dtype(dtype, "the operands' common dtype")
+  dtype, out_dtype = jnp.result_type(x, kernel), jnp.result_type(*operands)
+  check_dtype(dtype, "the dtype of x and kernel")
+  check_dtype(out_dtype, "the operands' common dtype")
   if config is not None:
-    config.validate(dtype)
+    config.validate(dtype, out_dtype)
   m = math.prod(batch)
   if m == 0 or n == 0:
-    return jnp.zeros((*batch, n), dtype)
+    return jnp.zeros((*batch, n), out_dtype)
   b = jnp.zeros((n,), jnp.float32) if bias is None else jnp.asarray(bias).astype(jnp.float32)
-  y = _linear_mish(x.reshape(m, k).astype(dtype), kernel.astype(dtype), b, config, interpret)
+  x, kernel = x.reshape(m, k).astype(dtype), kernel.astype(dtype)
+  y = _linear_mish(x, kernel, b, config, interpret, out_dtype)
   return y.reshape(*batch, n)
 
 
@@ -461,8 +528,8 @@ def linear_mish_reference(x: ArrayLike, kernel: ArrayLike, bias: ArrayLike | Non
   """`mish(x @ kernel + bias)` with a float32-accumulated matmul, unfused, in jnp."""
   x, kernel = jnp.asarray(x), jnp.asarray(kernel)
   operands = (x, kernel) if bias is None else (x, kernel, jnp.asarray(bias))
-  dtype = jnp.result_type(*operands)
+  dtype = jnp.result_type(x, kernel)
   z = jnp.matmul(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
   if bias is not None:
     z = z + jnp.asarray(bias).astype(jnp.float32)
-  return mish_reference(z).astype(dtype)
+  return mish_reference(z).astype(jnp.result_type(*operands))

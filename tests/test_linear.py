@@ -15,8 +15,9 @@ import optax
 import pytest
 from flax import nnx
 
-from mish_jax._src import activations
+from mish_jax._src import activations, dispatch
 from mish_jax._src.linear import MishLinear, linear_mish
+from tests.kernel_testing import cuda_module_text
 
 
 def _reference(x, kernel, bias=None):
@@ -168,6 +169,17 @@ class LinearMishTestBase:
     assert np.isfinite(losses).all()
     assert losses[-1] < 0.5 * losses[0], losses
 
+  def test_float32_bias_with_bfloat16_operands(self):
+    """jnp's dtype, float32; the Pallas path keeps the matmul in bfloat16 (below)."""
+    x, kernel, bias = _operands((9, 20), 33, jnp.bfloat16)
+    bias = bias.astype(jnp.float32) + 0.1
+    y = self._linear_mish(x, kernel, bias)
+    assert y.dtype == jax.nn.mish(x @ kernel + bias).dtype == jnp.float32
+    expected = activations.mish(
+      jnp.matmul(x, kernel, preferred_element_type=jnp.float32) + bias, implementation="xla"
+    )
+    _assert_close(y, expected, jnp.bfloat16)
+
 
 class TestLinearMishXla(LinearMishTestBase):
   implementation = "xla"
@@ -185,6 +197,20 @@ def test_dispatch(implementation, uses_kernel):
   fn = functools.partial(linear_mish, implementation=implementation)
   jaxpr = str(jax.make_jaxpr(fn)(x, kernel, bias))
   assert ("linear_mish_fwd" in jaxpr) == uses_kernel
+
+
+def test_pallas_matmul_runs_in_the_dtype_of_x_and_kernel(monkeypatch):
+  """A float32 bias with bfloat16 x and kernel reaches the bfloat16 kernel, lowered for CUDA."""
+  jax.clear_caches()
+  monkeypatch.setattr(dispatch, "pallas_compiles", lambda device=None: True)
+  try:
+    x, kernel = jnp.zeros((256, 128), jnp.bfloat16), jnp.zeros((128, 64), jnp.bfloat16)
+    fn = functools.partial(linear_mish, implementation="pallas")
+    text = cuda_module_text(fn, x, kernel, jnp.zeros(64, jnp.float32))
+  finally:
+    jax.clear_caches()
+  kernel_call = "(tensor<256x128xbf16>, tensor<128x64xbf16>, tensor<64xf32>) -> tensor<256x64xf32>"
+  assert kernel_call in text
 
 
 def test_unknown_implementation():

@@ -9,6 +9,7 @@ References: the unfused float32-accumulated jnp composition and its autodiff gra
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -113,6 +114,23 @@ class LinearMishKernelTestBase:
     assert z.dtype == y.dtype == dtype and z.shape == y.shape == (70, 40)
     assert _relative_error(z, z_ref) <= tol
     assert _relative_error(y, linear_mish_kernels.linear_mish_reference(x, kernel, bias)) <= tol
+
+  @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=_ids)
+  def test_float32_bias_keeps_the_16_bit_matmul(self, dtype):
+    """16-bit x and kernel, a float32 bias: a 16-bit matmul, a float32 result (as in jnp)."""
+    x, kernel, bias, _ = _operands((70, 90), 40, dtype)
+    bias = bias.astype(jnp.float32) + 0.1  # Not representable in 16 bits.
+    y, vjp = jax.vjp(self._linear_mish, x, kernel, bias)
+    grads = jax.block_until_ready(vjp(jnp.ones_like(y)))
+    self.check_call()
+    assert y.dtype == jnp.result_type(jnp.matmul(x, kernel) + bias) == jnp.float32
+    assert [g.dtype for g in grads] == [dtype, dtype, jnp.float32]
+    # The products of 16-bit operands are exact in float32: only the float32 sum's rounding.
+    x64, kernel64, bias64 = (np.asarray(a, np.float64) for a in (x, kernel, bias))
+    z64 = x64 @ kernel64 + bias64
+    y64 = z64 * np.tanh(np.logaddexp(0.0, z64))
+    assert _relative_error(y, y64) <= 1e-5
+    assert np.isfinite(np.concatenate([np.asarray(g, np.float32).ravel() for g in grads])).all()
 
   @pytest.mark.parametrize(
     "dtype, config",
@@ -274,6 +292,29 @@ def test_forward_and_backward_lower_to_mosaic_gpu(dtype, m, k, n):
 
   text = assert_lowers_to_mosaic_gpu(jax.grad(loss, argnums=(0, 1, 2)), x, kernel, bias)
   assert text.count("stablehlo.custom_call @mosaic_gpu") >= 2  # The forward and gz's kernel.
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=_ids)
+@pytest.mark.parametrize("save_z", [False, True])
+def test_float32_bias_lowers_to_the_16_bit_kernel(dtype, save_z):
+  x, kernel, bias = jnp.zeros((256, 128), dtype), jnp.zeros((128, 64), dtype), jnp.zeros(64)
+  forward = functools.partial(linear_mish_kernels.linear_mish_forward, save_z=save_z)
+  text = cuda_module_text(lambda *a: forward(*a, out_dtype=jnp.float32), x, kernel, bias)
+  name = jnp.dtype(dtype).name.replace("float", "f")  # bf16, f16
+  outputs = "(tensor<256x64xf32>, tensor<256x64xf32>)" if save_z else "tensor<256x64xf32>"
+  signature = f"(tensor<256x128x{name}>, tensor<128x64x{name}>, tensor<64xf32>) -> {outputs}"
+  assert signature in text
+
+
+def test_grid_is_one_dimension_within_cuda_limits():
+  """One program per tile on grid x, up to 2^31 - 1: a tall M (y stops at 65535) launches."""
+  assert linear_mish_kernels._grid_size(2**24 // 128, 1) == 2**17
+  with pytest.raises(ValueError, match="more than CUDA's 2147483647"):
+    linear_mish_kernels._grid_size(2**21, 2**10)
+  # M = 2^24 rows, folded from a batch, lowers: no allocation, the shapes only.
+  x = jax.ShapeDtypeStruct((2**12, 2**12, 128), jnp.bfloat16)
+  kernel, bias = jnp.zeros((128, 128), jnp.bfloat16), jnp.zeros(128, jnp.bfloat16)
+  assert_lowers_to_mosaic_gpu(linear_mish_kernels.linear_mish, x, kernel, bias)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_ids)

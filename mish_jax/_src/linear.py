@@ -81,16 +81,24 @@ def linear_mish(
   operands = (x, kernel) if bias is None else (x, kernel, bias)
   check_arraylike("linear_mish", *operands)
   _check_operands(jnp.asarray(x), jnp.asarray(kernel), None if bias is None else jnp.asarray(bias))
-  (x, kernel, *rest), weak_type = promote_like(_reference, "linear_mish", *operands)
-  bias = rest[0] if rest else None
+  promoted, weak_type = promote_like(_reference, "linear_mish", *operands)
+  bias = None if bias is None else promoted[2]
   if implementation == "pallas":
     from mish_jax._src import pallas  # Lazy: the kernels import Pallas.
 
+    # The matmul in the dtype of x and kernel alone: a float32 bias must not make a bfloat16
+    # matmul a float32 (tf32) one, at half the tensor-core rate and twice the bytes.
+    (x, kernel), _ = promote_like(_matmul_reference, "linear_mish", x, kernel)
     y = pallas.linear_mish(x, kernel, bias, interpret=interpret)
   else:
-    z = jnp.matmul(x, kernel)
+    z = jnp.matmul(promoted[0], promoted[1])
     y = mish(z if bias is None else z + bias, implementation="xla")
   return with_weak_type(y, weak_type)
+
+
+def _matmul_reference(x: Array, kernel: Array) -> Array:
+  """The composition whose dtype the Pallas path's matmul runs in."""
+  return jax.nn.mish(jnp.matmul(x, kernel))
 
 
 def _reference(x: Array, kernel: Array, bias: Array | None = None) -> Array:

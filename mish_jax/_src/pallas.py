@@ -88,54 +88,68 @@ def linear_mish(x: Array, kernel: Array, bias: Array | None, *, interpret: bool)
   """mish(x @ kernel + bias) by the fused kernel, differentiable to any order in all three.
 
   Args:
-    x: `(..., K)` input, of the dtype of `kernel` and `bias`: float32, bfloat16 or float16.
+    x: `(..., K)` input, of the dtype of `kernel`, which the matmul runs in: float32, bfloat16 or
+      float16.
     kernel: `(K, N)` weight.
-    bias: `(N,)` bias, or None.
+    bias: `(N,)` bias, or None; a float32 bias with 16-bit `x` and `kernel` leaves the matmul in
+      16 bits.
     interpret: run the kernels in Pallas interpret mode (on CPU).
 
   Returns:
-    The `(..., N)` activations, in the dtype of `x`.
+    The `(..., N)` activations, in `jnp.result_type(x, kernel, bias)`.
 
   Raises:
     TypeError: for other dtypes; the message names the XLA implementation for float64.
   """
-  mish_kernels.check_dtype(x.dtype, "the operands' common dtype")
+  mish_kernels.check_dtype(x.dtype, "the dtype of x and kernel")
+  out_dtype = x.dtype if bias is None else jnp.result_type(x, bias)
+  mish_kernels.check_dtype(out_dtype, "the operands' common dtype")
   *batch, k = x.shape
   n = kernel.shape[1]
   # The kernel adds a float32 bias to its float32 accumulator.
   b = jnp.zeros((n,), jnp.float32) if bias is None else bias.astype(jnp.float32)
-  y = _linear_mish(x.reshape(math.prod(batch), k), kernel, b, interpret)
+  y = _linear_mish(x.reshape(math.prod(batch), k), kernel, b, interpret, out_dtype)
   return y.reshape(*batch, n)
 
 
 # Symbolic zeros: with no tangent for x (a layer's input data), its matmul is not computed.
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _linear_mish(x: Array, w: Array, b: Array, interpret: bool) -> Array:
-  return linear_mish_kernels.linear_mish_forward(x, w, b, interpret=interpret)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _linear_mish(x: Array, w: Array, b: Array, interpret: bool, out_dtype: jnp.dtype) -> Array:
+  return linear_mish_kernels.linear_mish_forward(x, w, b, interpret=interpret, out_dtype=out_dtype)
 
 
 def _linear_mish_jvp(
-  interpret: bool, primals: tuple[Array, Array, Array], tangents: tuple[Array, Array, Array]
+  interpret: bool,
+  out_dtype: jnp.dtype,
+  primals: tuple[Array, Array, Array],
+  tangents: tuple[Array, Array, Array],
 ) -> tuple[Array, Array]:
-  (y, _), (y_dot, _) = _linear_mish_and_z_jvp(interpret, primals, tangents)
+  (y, _), (y_dot, _) = _linear_mish_and_z_jvp(interpret, out_dtype, primals, tangents)
   return y, y_dot
 
 
 _linear_mish.defjvp(_linear_mish_jvp, symbolic_zeros=True)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _linear_mish_and_z(x: Array, w: Array, b: Array, interpret: bool) -> tuple[Array, Array]:
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _linear_mish_and_z(
+  x: Array, w: Array, b: Array, interpret: bool, out_dtype: jnp.dtype
+) -> tuple[Array, Array]:
   """(mish(z), z) for z = x @ w + b, both by the fused kernel."""
-  return linear_mish_kernels.linear_mish_forward(x, w, b, interpret=interpret, save_z=True)
+  return linear_mish_kernels.linear_mish_forward(
+    x, w, b, interpret=interpret, save_z=True, out_dtype=out_dtype
+  )
 
 
 def _linear_mish_and_z_jvp(
-  interpret: bool, primals: tuple[Array, Array, Array], tangents: tuple[Array, Array, Array]
+  interpret: bool,
+  out_dtype: jnp.dtype,
+  primals: tuple[Array, Array, Array],
+  tangents: tuple[Array, Array, Array],
 ) -> tuple[tuple[Array, Array], tuple[Array, Array]]:
   x, w, _ = primals
   x_dot, w_dot, b_dot = tangents
-  y, z = _linear_mish_and_z(*primals, interpret)
+  y, z = _linear_mish_and_z(*primals, interpret, out_dtype)
   # z_dot = x_dot @ w + x @ w_dot + b_dot, accumulated in float32 as the kernel does; the rule
   # only runs with at least one tangent, and a zeros array to start from would be a residual.
   terms = []
