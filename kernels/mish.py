@@ -288,6 +288,11 @@ def _streaming_kernel(
 
 # 2. The `plgpu.kernel` wrapper.
 
+# A kernel's element offsets are int32 (`lax.axis_index`'s, and all there is with x64 off):
+# arrays past `_MAX_INDEX` elements run as several launches of `LAUNCH_ELEMENTS` each.
+_MAX_INDEX = 2**31 - 1
+LAUNCH_ELEMENTS = 2**30
+
 
 def _num_ctas(config: TuningConfig, plan: BlockPlan, smem_bytes: int) -> int:
   if config.num_ctas is not None:
@@ -362,9 +367,26 @@ def _elementwise(
       out = vary(out, axes)
     return out.reshape(shape)
 
+  def launches(*operands: Array) -> Array:
+    """`call`, split into launches of `LAUNCH_ELEMENTS` where int32 cannot index the whole."""
+    shape, size = operands[0].shape, operands[0].size
+    if size <= _MAX_INDEX:
+      return call(*operands)
+    # A loop of launches over rows of a 2-D view: XLA addresses the rows in 64 bits. Each
+    # launch's slice is a copy, and a ragged remainder one more pass: these sizes pay for them.
+    rows, rest = divmod(size, LAUNCH_ELEMENTS)
+    flat = [a.reshape(-1) for a in operands]
+    body = [lax.slice(a, (0,), (rows * LAUNCH_ELEMENTS,)) if rest else a for a in flat]
+    body = [a.reshape(rows, LAUNCH_ELEMENTS) for a in body]
+    out = lax.map(lambda row: call(*row), body).reshape(-1)
+    if rest:
+      remainder = call(*(lax.slice(a, (rows * LAUNCH_ELEMENTS,), (size,)) for a in flat))
+      out = lax.concatenate([out, remainder], 0)
+    return out.reshape(shape)
+
   @jax.custom_batching.custom_vmap
   def elementwise(*operands):
-    return call(*operands)
+    return launches(*operands)
 
   @elementwise.def_vmap
   def _vmap_rule(axis_size, in_batched, *operands):

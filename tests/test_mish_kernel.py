@@ -13,6 +13,7 @@ The lowering tests at the end run the whole Pallas to Mosaic GPU lowering for CU
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -102,6 +103,15 @@ class MishKernelTestBase:
 
   def _mish(self, x, **kwargs):
     return mish_kernels.mish(x, interpret=self.interpret, **kwargs)
+
+  @pytest.mark.parametrize("size", [3 * 4096, 3 * 4096 + 1000 + 77], ids=["whole", "ragged"])
+  def test_arrays_past_int32_run_as_several_launches(self, size, monkeypatch):
+    """The split that arrays of 2^31 elements and more take, at a size the interpreter runs."""
+    monkeypatch.setattr(mish_kernels, "_MAX_INDEX", 4096 + 255)
+    monkeypatch.setattr(mish_kernels, "LAUNCH_ELEMENTS", 4096)
+    x = jnp.asarray(random_numpy((size,), jnp.bfloat16, seed=4))
+    g = jnp.asarray(random_numpy((size,), jnp.bfloat16, seed=5, scale=1.0))
+    self.check_all_paths(x, g, derivative=True, block_size=1024, num_ctas=3)
 
   @pytest.mark.parametrize(
     "shape, dtype", CASES, ids=[f"{shape}-{jnp.dtype(dtype).name}" for shape, dtype in CASES]
@@ -339,6 +349,19 @@ def test_lowers_to_mosaic_gpu(path, size, dtype):
   pads = [line for line in text.splitlines() if "stablehlo.pad" in line]
   assert bool(pads) == bool(size % mish_kernels.LANES) and len(pads) <= len(args)
   assert all(line.rpartition("->")[2].strip().startswith("tensor<128x") for line in pads), pads
+
+
+@pytest.mark.parametrize("size", [2**31 - 1, 2**31, 2**33 + 77, 2**40], ids=str)
+def test_every_launch_indexes_within_int32(size):
+  """Traced, not allocated: past 2^31 - 1 elements, launches of 2^30 elements in a loop."""
+  x = _zeros((size,), jnp.bfloat16)
+  text = assert_lowers_to_mosaic_gpu(mish_kernels.mish_backward, x, x)
+  calls = [line for line in text.splitlines() if "stablehlo.custom_call @mosaic_gpu" in line]
+  sizes = [int(n) for line in calls for n in re.findall(r"tensor<(\d+)xbf16>", line)]
+  assert sizes and max(sizes) <= 2**31 - 1, sizes
+  ragged = size % mish_kernels.LAUNCH_ELEMENTS if size > 2**31 - 1 else size
+  # One kernel in the loop, and one for a ragged remainder (each with its 128-element tail).
+  assert len(calls) == 1 + (size > 2**31 - 1 and ragged > 0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
