@@ -166,6 +166,11 @@ def cases() -> list[Case]:
   found += [
     _dense_case(kernel, _TALL, "bfloat16") for kernel in ("linear_mish", "linear_mish_save_z")
   ]
+  # bfloat16 x and kernel with a float32 bias: a bfloat16 matmul, float32 out (jnp's promotion).
+  found += [
+    _dense_case(kernel, _DENSE[0], "bfloat16", "float32 out", out_dtype="float32")
+    for kernel in _DENSE_KERNELS
+  ]
   found += _sweep_cases()
   return found
 
@@ -243,6 +248,13 @@ def occupancy(registers: int, threads: int, smem: int) -> dict[str, int]:
   )
 
 
+def mish_registers_budget() -> int:
+  """The registers a thread that the elementwise kernels' grid sizing assumes."""
+  from mish_jax.kernels import mish
+
+  return mish.REGISTERS_PER_THREAD
+
+
 def problems(record: Mapping[str, Any]) -> list[str]:
   """What keeps one compiled kernel off an H100: each a sentence; empty when it launches clean."""
   found = []
@@ -263,6 +275,14 @@ def problems(record: Mapping[str, Any]) -> list[str]:
     found.append(f"{threads} threads a block, more than {THREADS_PER_BLOCK}")
   if record["ctas_per_sm"] < 1:
     found.append("no CTA fits on an SM")
+  # The elementwise kernels are persistent: their grid assumes every CTA resident at once.
+  if record["kernel"].startswith("mish_"):
+    if record["registers"] > mish_registers_budget():
+      found.append(f"{record['registers']} registers, past the {mish_registers_budget()} budgeted")
+    if record["grid"][0] > NUM_SMS * record["ctas_per_sm"]:
+      found.append(
+        f"{record['grid'][0]} CTAs, more than the {NUM_SMS} x {record['ctas_per_sm']} resident"
+      )
   return found
 
 

@@ -88,6 +88,11 @@ _H100_NUM_SMS = 132
 _SMEM_BYTES_PER_SM = 228 * 1024
 MAX_SMEM_BYTES_PER_CTA = 226 * 1024
 _MAX_CTAS_PER_SM = 16
+# Registers: 64K per SM. ptxas gives the kernel at most 119 a thread (benchmarks/sass.py, which
+# fails past this budget), so 4 CTAs of one warpgroup fit by registers.
+_REGISTERS_PER_SM = 65536
+REGISTERS_PER_THREAD = 128
+_CTAS_BY_REGISTERS = _REGISTERS_PER_SM // (REGISTERS_PER_THREAD * LANES)
 
 
 def _mish_times_g(x: Array, g: Array) -> Array:
@@ -297,7 +302,8 @@ LAUNCH_ELEMENTS = 2**30
 def _num_ctas(config: TuningConfig, plan: BlockPlan, smem_bytes: int) -> int:
   if config.num_ctas is not None:
     return min(config.num_ctas, plan.num_blocks)
-  ctas_per_sm = max(1, min(_MAX_CTAS_PER_SM, _SMEM_BYTES_PER_SM // (smem_bytes + 1024)))
+  by_smem = _SMEM_BYTES_PER_SM // (smem_bytes + 1024)
+  ctas_per_sm = max(1, min(_MAX_CTAS_PER_SM, _CTAS_BY_REGISTERS, by_smem))
   return min(_num_sms() * ctas_per_sm, plan.num_blocks)
 
 

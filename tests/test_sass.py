@@ -95,6 +95,9 @@ def test_occupancy(registers, threads, smem, expected):
     (dict(grid=[1, 1, 65_536]), "grid z = 65536"),
     (dict(grid=[0, 1, 1]), "grid x = 0"),
     (dict(block=[2048, 1, 1]), "2048 threads a block"),
+    (dict(kernel="mish_forward_kernel", registers=136), "136 registers, past the 128"),
+    # 2 CTAs an SM (80 KiB of shared memory each): 264 resident, not 265.
+    (dict(kernel="mish_forward_kernel", grid=[265, 1, 1]), "265 CTAs, more than the 132 x 2"),
   ],
 )
 def test_problems_name_each_limit(changes, message):
@@ -114,6 +117,7 @@ def test_cases_cover_every_kernel_and_dtype():
     for dtype in ("float32", "bfloat16", "float16"):
       assert f"{kernel} {dtype} 4096x4096x4096" in names
     assert f"{kernel} bfloat16 16777216x128x128" in names
+    assert f"{kernel} bfloat16 4096x4096x4096 float32 out" in names
   assert any("num_stages" in name for name in names)  # The sweep's configs.
   assert any("tile_m=64" in name for name in names)
 
@@ -133,3 +137,21 @@ def compiled():
 @pytest.mark.parametrize("name", [case.name for case in sass.cases()])
 def test_kernel_compiles_within_hopper_limits(compiled, name):
   assert sass.failures(compiled[name]) == []
+
+
+def _only_kernel(compiled, name):
+  (record,) = compiled[name]["kernels"]
+  return record
+
+
+def test_float32_save_z_has_register_headroom(compiled):
+  assert _only_kernel(compiled, "linear_mish_save_z float32 4096x4096x4096")["registers"] <= 240
+
+
+@pytest.mark.parametrize("kernel", ["linear_mish", "linear_mish_save_z"])
+def test_bfloat16_with_a_float32_bias_runs_the_bfloat16_matmul(compiled, kernel):
+  """The bfloat16 kernel's shared memory, but for a float32 output tile."""
+  mixed = _only_kernel(compiled, f"{kernel} bfloat16 4096x4096x4096 float32 out")
+  bf16 = _only_kernel(compiled, f"{kernel} bfloat16 4096x4096x4096")
+  # One 128 x 128 output tile (save_z stores z from it, then Mish's y).
+  assert mixed["smem"] - bf16["smem"] == 128 * 128 * 2
