@@ -52,14 +52,62 @@ def assert_ulp_close(actual, expected, max_ulp: int, what: str = "") -> None:
 
 def mish64(x: np.ndarray) -> np.ndarray:
   x = np.asarray(x, np.float64)
-  return x * np.tanh(np.logaddexp(x, 0.0))
+  with np.errstate(invalid="ignore"):  # -inf * 0: the limit, -0, instead.
+    return np.where(np.isneginf(x), -0.0, x * np.tanh(np.logaddexp(x, 0.0)))
+
+
+def _sigmoid_tanh_softplus_sech2_64(x: np.ndarray) -> tuple[np.ndarray, ...]:
+  # Each without cancellation: 1 - tanh(u)^2 and 0.5 (1 + tanh(x / 2)) lose all digits once
+  # they fall below float64's epsilon (x < -37 for the sigmoid), 1 / cosh(u)^2 and expit do not.
+  with np.errstate(over="ignore", invalid="ignore"):
+    softplus = np.logaddexp(x, 0.0)
+    return 1.0 / (1.0 + np.exp(-x)), np.tanh(softplus), 1.0 / np.cosh(softplus) ** 2
 
 
 def mish_grad64(x: np.ndarray) -> np.ndarray:
   x = np.asarray(x, np.float64)
-  tanh_softplus = np.tanh(np.logaddexp(x, 0.0))
-  sigmoid = 0.5 * (1.0 + np.tanh(0.5 * x))
-  return tanh_softplus + x * (1.0 - tanh_softplus**2) * sigmoid
+  sigmoid, tanh_softplus, sech2 = _sigmoid_tanh_softplus_sech2_64(x)
+  with np.errstate(invalid="ignore"):  # inf * 0 at x = +-inf: the limits 1 and 0 instead.
+    slope = tanh_softplus + x * sech2 * sigmoid
+  return np.where(np.isinf(x), x > 0, slope)
+
+
+def mish_second_derivative64(x: np.ndarray) -> np.ndarray:
+  x = np.asarray(x, np.float64)
+  sigmoid, tanh_softplus, sech2 = _sigmoid_tanh_softplus_sech2_64(x)
+  with np.errstate(invalid="ignore"):
+    curvature = sigmoid * sech2 * (2.0 + x * (1.0 - sigmoid) - 2.0 * x * sigmoid * tanh_softplus)
+  return np.where(np.isinf(x), 0.0, curvature)
+
+
+def condition_bound(expected64, sensitivity64, dtype, float32_ulps: int) -> np.ndarray:
+  """The error allowed against a float64 reference `expected64`, element-wise.
+
+  One ulp of `dtype` at the reference (rounding to it), plus `float32_ulps` float32 roundings
+  amplified by the function's condition: `sensitivity64 = |f(x)| + |x f'(x)|` (times |g| for a
+  product f'(x) g), so an error of relative size eps in x, or in e^x, or in f, stays within.
+  On a GPU, `exp` is not the CPU's: then only this bound, not ulps against XLA, can hold.
+  """
+  finfo = jnp.finfo(dtype)
+  magnitude = np.maximum(np.abs(expected64), float(finfo.smallest_normal))
+  ulp = np.exp2(np.floor(np.log2(magnitude)) - finfo.nmant)
+  return ulp + float32_ulps * 2.0**-23 * sensitivity64 + TINY
+
+
+def assert_within_condition_bound(
+  actual, expected64, sensitivity64, float32_ulps: int, what: str = ""
+) -> None:
+  """Same NaNs and infinities as float64; elsewhere within `condition_bound`."""
+  actual = np.asarray(actual)
+  actual64, expected64 = actual.astype(np.float64), np.asarray(expected64, np.float64)
+  exceptional = ~np.isfinite(expected64)
+  np.testing.assert_array_equal(actual64[exceptional], expected64[exceptional], err_msg=what)
+  error = np.abs(actual64[~exceptional] - expected64[~exceptional])
+  bound = condition_bound(expected64, np.asarray(sensitivity64), actual.dtype, float32_ulps)
+  excess = error / bound[~exceptional]
+  if excess.size and excess.max() > 1:
+    index = np.flatnonzero(~exceptional)[excess.argmax()]
+    raise AssertionError(f"{what}: {excess.max():.3g} times the bound at index {index}")
 
 
 def random_array(shape, dtype, seed: int = 0, scale: float = 4.0) -> jax.Array:

@@ -23,7 +23,13 @@ from mish_jax.kernels import linear_mish as linear_mish_kernels
 from mish_jax.kernels.linear_mish import TuningConfig
 
 from mish_jax._src import activations
-from tests.kernel_testing import DTYPES, assert_lowers_to_mosaic_gpu, cuda_module_text
+from tests.kernel_testing import (
+  DTYPES,
+  assert_lowers_to_mosaic_gpu,
+  cuda_module_text,
+  mish64,
+  mish_grad64,
+)
 
 # Relative (Frobenius) error allowed against the unfused float32-accumulated composition.
 _TOL = {jnp.dtype(jnp.float32): 2e-6, jnp.dtype(jnp.bfloat16): 1e-2, jnp.dtype(jnp.float16): 2e-3}
@@ -53,6 +59,29 @@ def _relative_error(actual, expected) -> float:
   return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-30))
 
 
+# A float32 matmul on a GPU (wgmma, and XLA's default precision) reads its operands as tf32: 10
+# mantissa bits kept, so a product is off by less than (1 + 2^-10)^2 - 1 < 2^-9 of itself.
+_TF32_PRODUCT_ERROR = 2.0**-9
+# max |mish'| and max |mish''| over the reals.
+_MISH_SLOPE_MAX, _MISH_CURVATURE_MAX = 1.1, 0.65
+
+
+def tf32_error_bounds(x, kernel, g) -> dict[str, float]:
+  """Frobenius norms of what tf32 matmuls may add to the error of y and of each gradient.
+
+  Element-wise: z = x @ kernel is off by at most 2^-9 (|x| @ |kernel|); y = mish(z) by 1.1 that;
+  g mish'(z) by 0.65 |g| that; the gradients' matmuls add their own 2^-9 of their operands.
+  """
+  ax, ak, ag = (np.abs(np.asarray(a, np.float64)) for a in (x, kernel, g))
+  z_error = _TF32_PRODUCT_ERROR * (ax @ ak)
+  gz_error = _MISH_CURVATURE_MAX * ag * z_error
+  gz_magnitude = _MISH_SLOPE_MAX * ag
+  x_error = (gz_error + _TF32_PRODUCT_ERROR * gz_magnitude) @ ak.T
+  kernel_error = ax.T @ (gz_error + _TF32_PRODUCT_ERROR * gz_magnitude)
+  errors = dict(y=_MISH_SLOPE_MAX * z_error, x=x_error, kernel=kernel_error, bias=gz_error.sum(0))
+  return {name: float(np.linalg.norm(error)) for name, error in errors.items()}
+
+
 def _ids(value):
   return jnp.dtype(value).name if isinstance(value, type) else str(value)
 
@@ -61,9 +90,23 @@ class LinearMishKernelTestBase:
   """The fused mish(x @ kernel + bias) kernel, against the unfused compositions."""
 
   interpret: bool | InterpretGPUParams
+  # Whether float32 matmuls run in tf32: on a GPU, the kernel's and the XLA references' alike.
+  tf32 = False
 
   def check_call(self) -> None:
     """Called after kernel runs: what the run mode can verify beyond the results."""
+
+  def tf32_allowance(self, dtype, x, kernel, g=None) -> dict[str, float]:
+    """The absolute Frobenius error tf32 adds to the kernel's result and to the reference's."""
+    if not (self.tf32 and jnp.dtype(dtype) == jnp.float32):
+      return dict.fromkeys(("y", "x", "kernel", "bias"), 0.0)
+    g = np.ones((x.shape[0], kernel.shape[1])) if g is None else g
+    return {key: 2 * value for key, value in tf32_error_bounds(x, kernel, g).items()}
+
+  def assert_close(self, actual, expected, tol: float, allowance: float = 0.0) -> None:
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    error = np.linalg.norm(actual - expected)
+    assert error <= tol * np.linalg.norm(expected) + allowance, (error, np.linalg.norm(expected))
 
   def _linear_mish(self, *args, **kwargs):
     return linear_mish_kernels.linear_mish(*args, interpret=self.interpret, **kwargs)
@@ -86,7 +129,9 @@ class LinearMishKernelTestBase:
     # Written everywhere: the interpreter fills unwritten memory with NaN.
     assert np.isfinite(np.asarray(y, np.float32)).all()
     tol = _TOL[jnp.dtype(dtype)]
-    assert _relative_error(y, linear_mish_kernels.linear_mish_reference(x, kernel, bias)) <= tol
+    allowance = self.tf32_allowance(dtype, x, kernel, g)
+    y_ref = linear_mish_kernels.linear_mish_reference(x, kernel, bias)
+    self.assert_close(y, y_ref, tol, allowance["y"])
     # Gradients against the same derivative formula, judged against the gradients' scale with
     # mish' = 1: near mish's minimum mish'(z) = 0 and an element is all rounding error.
     grads_ref = jax.vjp(_unfused_float32, x, kernel, bias)[1](g)
@@ -98,7 +143,7 @@ class LinearMishKernelTestBase:
       assert grad.dtype == grad_ref.dtype and grad.shape == grad_ref.shape, name
       grad64, grad_ref64 = np.asarray(grad, np.float64), np.asarray(grad_ref, np.float64)
       assert np.isfinite(grad64).all(), name
-      bound = 2 * tol * max(np.linalg.norm(grad_ref64), np.linalg.norm(scale))
+      bound = 2 * tol * max(np.linalg.norm(grad_ref64), np.linalg.norm(scale)) + allowance[name]
       assert np.linalg.norm(grad64 - grad_ref64) <= bound, name
 
   @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=_ids)
@@ -110,10 +155,10 @@ class LinearMishKernelTestBase:
     jax.block_until_ready((y, z))
     self.check_call()
     z_ref = jnp.matmul(x, kernel, preferred_element_type=jnp.float32) + bias.astype(jnp.float32)
-    tol = _TOL[jnp.dtype(dtype)]
+    tol, allowance = _TOL[jnp.dtype(dtype)], self.tf32_allowance(dtype, x, kernel)["y"]
     assert z.dtype == y.dtype == dtype and z.shape == y.shape == (70, 40)
-    assert _relative_error(z, z_ref) <= tol
-    assert _relative_error(y, linear_mish_kernels.linear_mish_reference(x, kernel, bias)) <= tol
+    self.assert_close(z, z_ref, tol, allowance)
+    self.assert_close(y, linear_mish_kernels.linear_mish_reference(x, kernel, bias), tol, allowance)
 
   @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=_ids)
   def test_float32_bias_keeps_the_16_bit_matmul(self, dtype):
@@ -146,7 +191,9 @@ class LinearMishKernelTestBase:
     x, kernel, bias, _ = _operands((70, 300 if dtype == jnp.bfloat16 else 150), 100, dtype)
     y = self._run(x, kernel, bias, config=config)
     expected = linear_mish_kernels.linear_mish_reference(x, kernel, bias)
-    assert _relative_error(y, expected) <= _TOL[jnp.dtype(dtype)]
+    self.assert_close(
+      y, expected, _TOL[jnp.dtype(dtype)], self.tf32_allowance(dtype, x, kernel)["y"]
+    )
 
   def test_without_bias_and_batched(self):
     x, kernel, _, _ = _operands((2, 3, 17), 33, jnp.float16)
@@ -159,19 +206,21 @@ class LinearMishKernelTestBase:
     x, kernel, bias, _ = _operands((3, 4, 10), 20, jnp.float32)
     fused = jax.jit(self._linear_mish)
     reference = linear_mish_kernels.linear_mish_reference
+    rows = x.reshape(-1, 10)
     # Shared weights fold the batch into M; batched weights loop over the batch.
-    np.testing.assert_allclose(
-      jax.block_until_ready(jax.vmap(fused, (0, None, None))(x, kernel, bias)),
-      reference(x, kernel, bias),
-      rtol=1e-5,
-      atol=1e-6,
+    y_ref = reference(x, kernel, bias)
+    # The loss's cotangent, 2 y, bounded by 2 (|z| + 1).
+    g_bound = 2 * (np.abs(rows) @ np.abs(kernel) + np.abs(bias) + 1)
+    allowance = self.tf32_allowance(jnp.float32, rows, 2 * kernel, g_bound)
+    self.assert_close(
+      jax.vmap(fused, (0, None, None))(x, kernel, bias), y_ref, 1e-5, allowance["y"]
     )
     kernels = jnp.stack([kernel, -kernel, 2 * kernel])
-    np.testing.assert_allclose(
+    self.assert_close(
       jax.vmap(fused, (0, 0, None))(x, kernels, bias),
       jax.vmap(reference, (0, 0, None))(x, kernels, bias),
-      rtol=1e-5,
-      atol=1e-6,
+      1e-5,
+      allowance["y"],
     )
 
     def loss(fn, x, kernel, bias):
@@ -185,8 +234,8 @@ class LinearMishKernelTestBase:
     grads_ref = jax.vmap(
       jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2)), (0, None, None)
     )(x, kernel, bias)
-    for grad, grad_ref in zip(grads, grads_ref, strict=True):
-      assert _relative_error(grad, grad_ref) <= 1e-5
+    for name, grad, grad_ref in zip(("x", "kernel", "bias"), grads, grads_ref, strict=True):
+      self.assert_close(grad, grad_ref, 1e-5, allowance[name])
 
   @pytest.mark.parametrize(
     "x_shape, kernel_shape, bias_shape, config",
@@ -227,6 +276,32 @@ class LinearMishKernelTestBase:
 
 
 _RACE_STATE_NAMES = ("GPURaceDetectionState", "RaceDetectionState")
+
+
+def _tf32(a) -> np.ndarray:
+  """float32 with the 13 low mantissa bits dropped, as tf32 tensor cores read it."""
+  bits = np.asarray(a, np.float32).view(np.uint32)
+  return (bits & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def test_tf32_bounds_admit_a_tf32_computation_and_nothing_worse():
+  """The compiled float32 tests' allowance, against a float64 model of tf32 matmuls."""
+  x, kernel, bias, g = (np.asarray(a, np.float64) for a in _operands((130, 300), 260, jnp.float32))
+  ones = np.float64(1)
+
+  def forward_and_gradients(truncate):
+    z = truncate(x) @ truncate(kernel) + bias
+    gz = g * mish_grad64(z)
+    return mish64(z), truncate(gz) @ truncate(kernel).T, truncate(x).T @ truncate(gz), gz.sum(0)
+
+  exact = forward_and_gradients(lambda a: a * ones)
+  tf32 = forward_and_gradients(lambda a: _tf32(a).astype(np.float64))
+  bounds = tf32_error_bounds(x, kernel, g)
+  for name, a, b in zip(("y", "x", "kernel", "bias"), tf32, exact, strict=True):
+    error = np.linalg.norm(a - b)
+    assert error <= bounds[name], name
+    # Needed: float32's own tolerance alone would not hold.
+    assert error > _TOL[jnp.dtype(jnp.float32)] * np.linalg.norm(b), name
 
 
 class TestLinearMishKernelInterpret(LinearMishKernelTestBase):
@@ -270,6 +345,7 @@ def _is_hopper() -> bool:
 @pytest.mark.skipif(not _is_hopper(), reason="the compiled Mosaic GPU kernel needs a Hopper GPU")
 class TestLinearMishKernelCompiled(LinearMishKernelTestBase):
   interpret = False
+  tf32 = True
 
 
 # Lowering for CUDA, from any host. Each of 1, 33, 200, 300, 1000 and 4096 appears in M, K and N
