@@ -9,7 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import Array, lax
-from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
+
+from .jax_compat import InterpretGPUParams
 
 # `interpret=`: compiled (False), Mosaic GPU's interpret mode (True), or with these parameters.
 Interpret = bool | InterpretGPUParams

@@ -24,13 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
-
-# The one private JAX name used: no public API sets an array's weak type, which `jax.numpy`
-# itself does this way.
-from jax._src.lax.lax import _convert_element_type
 from jax.typing import ArrayLike
 
 from mish_jax._src.dispatch import resolve_implementation
+
+# The one private JAX name used, through the compat module (which imports no Pallas): no public API
+# sets an array's weak type, which `jax.numpy` itself does this way.
+from mish_jax.kernels.jax_compat import convert_element_type as _convert_element_type
 
 # Past `_HIGH[dtype]`, tanh(softplus(x)) rounds to 1 and 4x e^{-2x}, the derivative's correction,
 # is below half an ulp of 1; below `_LOW[dtype]`, e^x is 0 (float32: `_exp_float32` makes it so).
