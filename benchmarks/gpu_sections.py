@@ -86,11 +86,13 @@ def error_summary(err: BaseException) -> str:
 
 def reset_interpreter() -> None:
   """After a kernel fails under GPU interpret mode, the mode must be reset before the next."""
+  from mish_jax.kernels import jax_compat
+
   try:
-    from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
-  except ImportError:
+    interpret = jax_compat.interpret_pallas_call
+  except jax_compat.PallasUnavailableError:
     return
-  interpret_pallas_call.reset_gpu_interpret_mode_state()
+  interpret.reset_gpu_interpret_mode_state()
 
 
 def check_elementwise(outputs: Sequence[Any], refs: Sequence[Any], dtype: str) -> dict[str, Any]:

@@ -6,8 +6,9 @@ import types
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
-from jax._src.mesh import AbstractDevice
+from mish_jax.kernels.jax_compat import AbstractDevice
 
 import mish_jax
 from mish_jax._src import dispatch
@@ -114,6 +115,19 @@ def test_public_ops_refuse_pallas_on_an_ampere_gpu(default_device):
   x = jax.numpy.zeros((1, 2, 3, 5, 7), jax.numpy.float16)
   with pytest.raises(NotImplementedError, match="implementation='xla'"):
     mish_jax.mish(x, implementation="pallas")
+
+
+def test_public_ops_on_a_cpu_placed_array_take_xla_on_a_gpu_host(default_device):
+  default_device(A100)  # Pallas would be refused there; the arrays live on the CPU.
+  x = jax.device_put(jnp.linspace(-3.0, 3.0, 12).reshape(3, 4), CPU)
+  kernel = jax.device_put(jnp.eye(4, 5), CPU)
+  np.testing.assert_array_equal(
+    mish_jax.mish(x, implementation="pallas"), mish_jax.mish(x, implementation="xla")
+  )
+  np.testing.assert_array_equal(
+    mish_jax.linear_mish(x, kernel, implementation="pallas"),
+    mish_jax.linear_mish(x, kernel, implementation="xla"),
+  )
 
 
 ABSTRACT_H100 = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu")

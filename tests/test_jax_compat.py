@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -20,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from mish_jax.kernels import jax_compat
 
 import mish_jax
-from mish_jax.kernels import jax_compat
 
 _ROOT = Path(__file__).resolve().parents[1]
 _MOVED = "jax._src.pallas.no_such_module"
@@ -171,3 +172,14 @@ def test_import_and_xla_path_without_any_private_name():
   h = 1e-5
   assert out["g"] == pytest.approx(float((_mish64(1.0 + h) - _mish64(1.0 - h)) / (2 * h)), rel=1e-5)
   assert f"jax>={jax_compat.PALLAS_MIN_JAX}" in out["error"]
+
+
+def test_lowest_pins_are_pyprojects_lower_bounds():
+  """`.ci/lowest-jax.txt` pins exactly the lower bounds that pyproject.toml and the compat module
+  state, so CI's lowest leg tests what the package claims to support."""
+  pins = dict(re.findall(r"^([\w-]+)==(\S+)$", (_ROOT / ".ci/lowest-jax.txt").read_text(), re.M))
+  pyproject = (_ROOT / "pyproject.toml").read_text()
+  (dependencies,) = re.findall(r"^dependencies = \[(.*?)^\]", pyproject, re.M | re.S)
+  bounds = dict(re.findall(r'"([\w-]+)>=([^"]+)"', dependencies))
+  assert pins == bounds
+  assert pins["jax"] == pins["jaxlib"] == jax_compat.PALLAS_MIN_JAX

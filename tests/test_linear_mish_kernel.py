@@ -16,10 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks
-from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call as gpu_interpret
-from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
 from mish_jax.kernels import linear_mish as linear_mish_kernels
+from mish_jax.kernels.jax_compat import InterpretGPUParams, gpu_callbacks
+from mish_jax.kernels.jax_compat import interpret_pallas_call as gpu_interpret
 from mish_jax.kernels.linear_mish import TuningConfig
 
 from mish_jax._src import activations

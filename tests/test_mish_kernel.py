@@ -19,11 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
-from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from mish_jax.kernels import mish as mish_kernels
+from mish_jax.kernels.jax_compat import InterpretGPUParams, interpret_pallas_call
 
 import mish_jax
 from mish_jax._src import activations

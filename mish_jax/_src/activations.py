@@ -26,7 +26,7 @@ import numpy as np
 from jax import Array, lax
 from jax.typing import ArrayLike
 
-from mish_jax._src.dispatch import resolve_implementation
+from mish_jax._src.dispatch import Implementation, resolve_implementation
 
 # The one private JAX name used, through the compat module (which imports no Pallas): no public API
 # sets an array's weak type, which `jax.numpy` itself does this way.
@@ -206,7 +206,16 @@ def _mish_float16(x: Array) -> Array:
   return lax.bitcast_convert_type(table.at[bits].get(mode="promise_in_bounds"), jnp.float16)
 
 
-@functools.partial(jax.jit, static_argnames=("implementation",))
+@functools.partial(jax.jit, static_argnames=("implementation", "interpret"))
+def _mish_jit(x: ArrayLike, implementation: Implementation, interpret: bool) -> Array:
+  (x,), weak_type = promote_like(jax.nn.mish, "mish", x)
+  if implementation == "pallas":
+    from mish_jax._src import pallas  # Lazy: the kernels import Pallas.
+
+    return with_weak_type(pallas.mish(x, interpret=interpret), weak_type)
+  return with_weak_type(_mish_rematerialized(x), weak_type)
+
+
 def mish(x: ArrayLike, implementation: str | None = None) -> Array:
   r"""Mish activation function.
 
@@ -249,13 +258,8 @@ def mish(x: ArrayLike, implementation: str | None = None) -> Array:
     >>> mish_jax.mish(jnp.array([-jnp.inf, -1.0, 0.0, 1.0, jnp.inf]))
     Array([-0.        , -0.30340147,  0.        ,  0.86509836,         inf],      dtype=float32)
   """
-  (x,), weak_type = promote_like(jax.nn.mish, "mish", x)
-  implementation, interpret = resolve_implementation(implementation)
-  if implementation == "pallas":
-    from mish_jax._src import pallas  # Lazy: the kernels import Pallas.
-
-    return with_weak_type(pallas.mish(x, interpret=interpret), weak_type)
-  return with_weak_type(_mish_rematerialized(x), weak_type)
+  # Resolved before jit traces: inside, a committed array's device is no longer known.
+  return _mish_jit(x, *resolve_implementation(implementation, x))
 
 
 @jax.custom_jvp

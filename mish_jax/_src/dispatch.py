@@ -75,14 +75,15 @@ def pallas_compiles(device: jax.Device | None = None) -> bool:
 def target_device(operands: Sequence[Any] = ()) -> Any:
   """The device a computation on `operands` runs on, as far as they and the context say.
 
-  In order: a concrete array's device; the abstract device of a traced operand's mesh (under
+  In order: a committed concrete array's device (an uncommitted one follows the computation);
+  the abstract device of a traced operand's mesh (under
   `jit` with `NamedSharding`s, or a deviceless compile's topology); that of the abstract mesh in
   context (`shard_map`, `jax.sharding.use_mesh`); the `jax.default_device` in context; the
   default device. An uncommitted computation runs on the last.
   """
   arrays = [operand for operand in operands if isinstance(operand, jax.Array)]
   for array in arrays:
-    if not isinstance(array, jax.core.Tracer):
+    if not isinstance(array, jax.core.Tracer) and getattr(array, "committed", True):
       return min(array.sharding.device_set, key=lambda device: device.id)
   for array in arrays:
     mesh = getattr(jax.typeof(array).sharding, "mesh", None)

@@ -21,7 +21,7 @@ from mish_jax._src.activations import (
   promote_like,
   with_weak_type,
 )
-from mish_jax._src.dispatch import resolve_implementation
+from mish_jax._src.dispatch import Implementation, resolve_implementation
 
 
 def _check_operands(x: Array, kernel: Array, bias: Array | None) -> None:
@@ -42,7 +42,6 @@ def _check_operands(x: Array, kernel: Array, bias: Array | None) -> None:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("implementation",))
 def linear_mish(
   x: ArrayLike,
   kernel: ArrayLike,
@@ -77,7 +76,19 @@ def linear_mish(
     Array([[0.86509836, 0.86509836, 0.86509836],
            [0.86509836, 0.86509836, 0.86509836]], dtype=float32)
   """
-  implementation, interpret = resolve_implementation(implementation)
+  # Resolved before jit traces: inside, a committed array's device is no longer known.
+  implementation, interpret = resolve_implementation(implementation, x, kernel, bias)
+  return _linear_mish_jit(x, kernel, bias, implementation, interpret)
+
+
+@functools.partial(jax.jit, static_argnames=("implementation", "interpret"))
+def _linear_mish_jit(
+  x: ArrayLike,
+  kernel: ArrayLike,
+  bias: ArrayLike | None,
+  implementation: Implementation,
+  interpret: bool,
+) -> Array:
   operands = (x, kernel) if bias is None else (x, kernel, bias)
   check_arraylike("linear_mish", *operands)
   _check_operands(jnp.asarray(x), jnp.asarray(kernel), None if bias is None else jnp.asarray(bias))
