@@ -6,8 +6,14 @@ the backend's own exp, in float32. This package imports only JAX.
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array, lax
 
 from .jax_compat import InterpretGPUParams
@@ -73,6 +79,34 @@ def interpret_params(interpret: Interpret) -> InterpretGPUParams | None:
   if isinstance(interpret, InterpretGPUParams):
     return interpret
   return InterpretGPUParams() if interpret else None
+
+
+@functools.cache
+def _host_thread() -> concurrent.futures.ThreadPoolExecutor:
+  return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mish_jax_interpreter")
+
+
+def effect_free(kernel: Callable[..., Any], out_type: Any, interpreted: bool) -> Callable[..., Any]:
+  """`kernel` as the traced program calls it: directly when compiled, through a pure callback when
+  interpreted.
+
+  Mosaic GPU's interpreter runs on ordered IO callbacks, effects that `custom_jvp` under
+  `jax_enable_checks` and `jax.checkpoint`'s partial evaluation refuse. An interpreted kernel's
+  result depends on its operands alone, so one pure callback, which runs it on the host in a jit
+  of its own, carries none of them. `out_type` is the kernel's, without mesh axes (the caller's
+  `vary` marks the outputs), as the host runs it.
+  """
+  if not interpreted:
+    return kernel
+  run = jax.jit(kernel)
+
+  def host_call(*operands: Array) -> Any:
+    # On a thread of its own, whose tracing state is clean: an eager `shard_map` runs this inside
+    # its mesh axes, which the interpreter would otherwise index.
+    outputs = _host_thread().submit(run, *operands).result()
+    return jax.tree.map(np.asarray, outputs)
+
+  return functools.partial(jax.pure_callback, host_call, out_type, vmap_method="sequential")
 
 
 def varying_axes(*operands: Array) -> frozenset[str]:

@@ -39,8 +39,9 @@ _PALLAS_NAMES: dict[str, tuple[str, str | None]] = {
   "InterpretGPUParams": ("jax._src.pallas.mosaic_gpu.interpret.params", "InterpretGPUParams"),
   "interpret_pallas_call": ("jax._src.pallas.mosaic_gpu.interpret.interpret_pallas_call", None),
   "gpu_callbacks": ("jax._src.pallas.mosaic_gpu.interpret.gpu_callbacks", None),
-  # For the tests: a device a deviceless compile targets.
+  # For the tests: a device a deviceless compile targets, and JAX's own test case and config.
   "AbstractDevice": ("jax._src.mesh", "AbstractDevice"),
+  "test_util": ("jax._src.test_util", None),
 }
 
 

@@ -42,6 +42,7 @@ from .common import (
   Interpret,
   check_dtype,
   check_interpretable,
+  effect_free,
   index_rem,
   interpret_params,
   mish_f32,
@@ -301,7 +302,8 @@ def _linear_mish_call(
   num_stages = min(config.max_concurrent_steps, num_k_steps)
   axes = varying_axes(x, w, b)
   x, w, b = (vary(a, axes) for a in (x, w, b))
-  out_type = out_struct((m_pad, n_pad), out_dtype, axes)
+  # An interpreted kernel runs on the host, outside the mesh: its outputs there vary over none.
+  out_type = out_struct((m_pad, n_pad), out_dtype, axes if not interpret else frozenset())
   kernel = plgpu.kernel(
     functools.partial(
       _linear_mish_kernel,
@@ -333,6 +335,7 @@ def _linear_mish_call(
     interpret=interpret_params(interpret),
     kernel_name="linear_mish_fwd",
   )
+  kernel = effect_free(kernel, (out_type, out_type) if save_z else out_type, bool(interpret))
   if save_z:
     return tuple(vary(o, axes)[:m, :n] for o in kernel(x, w, b))
   return vary(kernel(x, w, b), axes)[:m, :n]

@@ -64,6 +64,7 @@ from .common import (
   Interpret,
   check_dtype,
   check_interpretable,
+  effect_free,
   index_rem,
   interpret_params,
   mish_f32,
@@ -341,9 +342,11 @@ def _elementwise(
     flat = [vary(a.reshape(-1), axes) for a in operands]
     # Zeros are harmless padding (mish(0) = 0) and are sliced off.
     tails = [jnp.pad(a[plan.main_size :], (0, LANES - plan.tail_size)) for a in flat]
-    out_type = [out_struct((size,), dtype, axes)]
+    # An interpreted kernel runs on the host, outside the mesh: its outputs there vary over none.
+    out_axes = axes if params is None else frozenset()
+    out_type = [out_struct((size,), dtype, out_axes)]
     if plan.tail_size:
-      out_type.append(out_struct((LANES,), dtype, axes))
+      out_type.append(out_struct((LANES,), dtype, out_axes))
     num_ctas = _num_ctas(config, plan, smem_bytes)
     kernel = plgpu.kernel(
       functools.partial(
@@ -365,6 +368,7 @@ def _elementwise(
       interpret=params,
       kernel_name=name,
     )
+    kernel = effect_free(kernel, out_type, interpreted=params is not None)
     if plan.tail_size:
       out, out_tail = (vary(o, axes) for o in kernel(*flat, *tails))
       out = lax.dynamic_update_slice(out, out_tail[: plan.tail_size], (plan.main_size,))

@@ -228,9 +228,13 @@ def test_mish_linear_refuses_feature_counts_that_are_not_positive_integers(featu
   assert MishLinear(np.int64(2), 3, rngs=nnx.Rngs(0))(jnp.ones((1, 2))).shape == (1, 3)
 
 
-def test_pallas_rejects_float64():
+def test_pallas_takes_the_xla_path_for_float64():
   with jax.enable_x64(True):
-    x = jnp.ones((2, 3), jnp.float64)
-    assert linear_mish(x, x.T, implementation="xla").dtype == jnp.float64
-    with pytest.raises(TypeError, match="use the XLA implementation for float64"):
-      linear_mish(x, x.T, implementation="pallas")
+    x = jnp.linspace(-2.0, 2.0, 6).reshape(2, 3)
+    expected = linear_mish(x, x.T, implementation="xla")
+    assert expected.dtype == jnp.float64
+    np.testing.assert_array_equal(linear_mish(x, x.T, implementation="pallas"), expected)
+    # A float64 bias makes the result float64 too, with 16-bit x and kernel.
+    half = x.astype(jnp.bfloat16)
+    mixed = linear_mish(half, half.T, jnp.ones(2), implementation="pallas")
+    assert mixed.dtype == jnp.float64

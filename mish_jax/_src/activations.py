@@ -209,7 +209,9 @@ def _mish_float16(x: Array) -> Array:
 @functools.partial(jax.jit, static_argnames=("implementation", "interpret"))
 def _mish_jit(x: ArrayLike, implementation: Implementation, interpret: bool) -> Array:
   (x,), weak_type = promote_like(jax.nn.mish, "mish", x)
-  if implementation == "pallas":
+  # float64 (x64 mode), which no kernel has (a GPU runs it at a fraction of float32's rate), takes
+  # the XLA path: jax.nn.mish's dtype, as JAX's own tests call for.
+  if implementation == "pallas" and x.dtype != jnp.float64:
     from mish_jax._src import pallas  # Lazy: the kernels import Pallas.
 
     return with_weak_type(pallas.mish(x, interpret=interpret), weak_type)
@@ -232,9 +234,9 @@ def mish(x: ArrayLike, implementation: str | None = None) -> Array:
   The result has the dtype and weak type of `jax.nn.mish(x)` (see the module docstring). On the
   XLA path every float16 and bfloat16 input is correctly rounded, float32 is within 3e-7 of the
   exact value (relative) and float64 within 3.2e-15. The Pallas path (float16, bfloat16,
-  float32) is differentiable to any order, in both modes, with mish' from a kernel and higher
-  derivatives from the same formulas; see the README for its limits (interpret mode under
-  `jax.checkpoint`, `shard_map`).
+  float32; float64 takes the XLA path) is differentiable to any order, in both modes, with mish'
+  from a kernel and higher derivatives from the same formulas; see the README for its limits
+  (interpret mode under `shard_map` over several devices).
 
   For more information, see Misra, `Mish: A Self Regularized Non-Monotonic Neural Activation
   Function <https://arxiv.org/abs/1908.08681>`_.
@@ -242,14 +244,14 @@ def mish(x: ArrayLike, implementation: str | None = None) -> Array:
   Args:
     x: input array.
     implementation: `None` (the fastest for the backend), `"xla"` (jitted jnp) or `"pallas"` (the
-      Pallas kernels; interpreted on backends where Pallas does not compile, such as CPU).
+      Pallas kernels; interpreted on backends where Pallas does not compile, such as CPU; float64
+      takes the XLA path).
 
   Returns:
     An array of the shape of `x`.
 
   Raises:
-    TypeError: if `x` is not an array or a scalar, or is complex, or is float64 (x64 mode) with
-      `implementation="pallas"`.
+    TypeError: if `x` is not an array or a scalar, or is complex.
     ValueError: if `implementation` is not one of the above.
 
   Example:

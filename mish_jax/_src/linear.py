@@ -57,7 +57,8 @@ def linear_mish(
     bias: `(out_features,)` bias, or None for none.
     implementation: `None` (the fastest for the backend), `"xla"` (`mish_jax.mish` of XLA's
       matmul) or `"pallas"` (one fused Pallas kernel, float32 accumulation, Mish in the epilogue;
-      interpreted on backends where Pallas does not compile, such as CPU).
+      interpreted on backends where Pallas does not compile, such as CPU; float64 takes the XLA
+      path).
 
   Returns:
     The `(..., out_features)` activations, with the dtype and weak type of
@@ -66,7 +67,7 @@ def linear_mish(
     in forward and reverse mode.
 
   Raises:
-    TypeError: for non-array or complex operands, or dtypes the Pallas kernel lacks (float64).
+    TypeError: for non-array or complex operands.
     ValueError: for mismatched shapes or an unknown implementation.
 
   Example:
@@ -94,7 +95,8 @@ def _linear_mish_jit(
   _check_operands(jnp.asarray(x), jnp.asarray(kernel), None if bias is None else jnp.asarray(bias))
   promoted, weak_type = promote_like(_reference, "linear_mish", *operands)
   bias = None if bias is None else promoted[2]
-  if implementation == "pallas":
+  # float64 (x64 mode), which no kernel has, takes the XLA path, as in `mish`.
+  if implementation == "pallas" and jnp.result_type(*promoted) != jnp.float64:
     from mish_jax._src import pallas  # Lazy: the kernels import Pallas.
 
     # The matmul in the dtype of x and kernel alone: a float32 bias must not make a bfloat16

@@ -4,9 +4,10 @@ The kernels compute values only: mish(x), mish'(x), and the fused mish(x @ w + b
 pre-activation z. The rules around them are linear in the tangent (a kernel's mish' times it), so
 JAX transposes them for reverse mode; mish'' and every order above come from the XLA formulas in
 `activations`. Forward mode, reverse mode, `jax.hessian`, `vmap`, x64 mode and, compiled,
-`jax.checkpoint` and `shard_map` (with or without `check_vma`) then work as on the XLA path. In
-interpret mode a `shard_map` over several devices raises NotImplementedError naming the XLA
-implementation (Mosaic GPU's interpreter cannot run there); over one device it runs.
+`jax.checkpoint`, `jax_enable_checks` and `shard_map` (with or without `check_vma`) then work as on
+the XLA path, compiled or interpreted. In interpret mode a `shard_map` over several devices raises
+NotImplementedError naming the XLA implementation (Mosaic GPU's interpreter cannot run there);
+over one device it runs.
 
 Imported only when the Pallas implementation is asked for: the kernels import Pallas.
 """
@@ -29,10 +30,8 @@ from mish_jax.kernels import mish as mish_kernels
 def mish(x: Array, *, interpret: bool) -> Array:
   """mish(x) by the Pallas kernel, differentiable to any order.
 
-  Compiled, reverse mode saves only `x`, as on the XLA path, and recomputes mish'(x) from it. In
-  interpret mode it saves mish'(x) instead, an array of the same size: Mosaic GPU's interpreter
-  runs on ordered IO callbacks, effects that `jax.checkpoint` cannot rematerialize (so a user's
-  `jax.checkpoint` around the interpreted kernels fails in JAX too).
+  Reverse mode saves only `x`, as on the XLA path, and recomputes mish'(x) from it, compiled and
+  interpreted alike (the kernels run the interpreter behind an effect-free callback).
 
   Args:
     x: a float32, bfloat16 or float16 array.
@@ -45,7 +44,7 @@ def mish(x: Array, *, interpret: bool) -> Array:
     TypeError: for other dtypes; the message names the XLA implementation for float64.
   """
   mish_kernels.check_dtype(x.dtype, "x")
-  return (_mish if interpret else _mish_rematerialized)(x, interpret)
+  return _mish_rematerialized(x, interpret)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
