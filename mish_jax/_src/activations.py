@@ -26,36 +26,15 @@ import numpy as np
 from jax import Array, lax
 from jax.typing import ArrayLike
 
+from mish_jax._src import derivatives
 from mish_jax._src.dispatch import Implementation, resolve_implementation
 
 # The one private JAX name used, through the compat module (which imports no Pallas): no public API
 # sets an array's weak type, which `jax.numpy` itself does this way.
 from mish_jax.kernels.jax_compat import convert_element_type as _convert_element_type
 
-# Past `_HIGH[dtype]`, tanh(softplus(x)) rounds to 1 and 4x e^{-2x}, the derivative's correction,
-# is below half an ulp of 1; below `_LOW[dtype]`, e^x is 0 (float32: `_exp_float32` makes it so).
-# Clipping to [low, high] keeps every intermediate finite, so `jnp.where` never meets an inf or NaN,
-# in value or in any derivative.
-_HIGH = {jnp.dtype(jnp.float32): 20.0, jnp.dtype(jnp.float64): 40.0}
-_LOW = {jnp.dtype(jnp.float32): -88.0, jnp.dtype(jnp.float64): -800.0}
 # bfloat16 halves x before its exp: e^(x/2) is still normal at -150, where mish rounds to 0.
 _BFLOAT16_LOW = -150.0
-
-# e^x = 2^k e^r, k = round(x / ln 2): ln 2 in two parts (Cody and Waite), the high one exact in 8
-# bits so that k ln2_hi is exact; and Cephes' expf polynomial for (e^r - 1 - r) / r^2, |r| <= ln2/2.
-_LOG2_E = 1.4426950408889634
-_LN2_HI = 0.693359375
-_LN2_LO = -2.12194440e-4
-_EXP_POLYNOMIAL = (
-  1.9875691500e-4,
-  1.3981999507e-3,
-  8.3334519073e-3,
-  4.1665795894e-2,
-  1.6666665459e-1,
-  5.0000001201e-1,
-)
-# k + 1.5 * 2^23 + 127 keeps k + 127 in its low mantissa bits, exactly, for |k| < 2^22.
-_EXPONENT_BIAS_SHIFTER = 1.5 * 2.0**23 + 127
 
 
 _ARRAYLIKE_TYPES = (jax.Array, np.ndarray, np.generic, bool, int, float, complex)
@@ -111,38 +90,10 @@ def _compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
   return jnp.dtype(jnp.float64) if dtype == jnp.float64 else jnp.dtype(jnp.float32)
 
 
-def _exp_float32(x: Array) -> Array:
-  """e^x for float32 x in [-88, 20]: 0 where x < -87.68, so -88 gives exactly 0.
-
-  XLA's CPU exp spends about half its instructions on clamps and a saturating float-to-int
-  conversion that the clip before it makes redundant; without them the Mish forward pass runs
-  faster than `jax.nn.silu`. Accurate to 1 ulp on the range, as XLA's own.
-  """
-  k = jnp.round(x * _LOG2_E)
-  r = x - k * _LN2_HI - k * _LN2_LO
-  polynomial = functools.reduce(lambda total, c: total * r + c, _EXP_POLYNOMIAL)
-  exp_r = polynomial * (r * r) + r + 1
-  # 2^k from exponent bits, k + 127 in [0, 156]; at k = -127 the bits are those of +0.0.
-  biased_k = lax.bitcast_convert_type(k + _EXPONENT_BIAS_SHIFTER, jnp.int32)
-  return exp_r * lax.bitcast_convert_type(biased_k << 23, jnp.float32)
-
-
-def _tanh_softplus_parts(x: Array) -> tuple[Array, Array, Array]:
-  """Returns `(x_low, t, n)`: x_low = max(x, low), t = e^min(x_low, high), n = t (t + 2).
-
-  tanh(softplus(x)) = n / (n + 2), with one exp per element: tanh(log(1 + t)) =
-  ((1 + t)^2 - 1) / ((1 + t)^2 + 1).
-  """
-  x_low = jnp.maximum(x, _LOW[x.dtype])
-  x_c = jnp.minimum(x_low, _HIGH[x.dtype])
-  t = _exp_float32(x_c) if x.dtype == jnp.float32 else jnp.exp(x_c)
-  return x_low, t, t * (t + 2)
-
-
 def _mish_xla(x: Array) -> Array:
   """Mish in `x.dtype` (float32 or float64)."""
-  # Past `_HIGH`, n / (n + 2) is exactly 1, so mish(x) = x with no select, +inf included.
-  x_low, _, n = _tanh_softplus_parts(x)
+  # Past `derivatives.HIGH`, n / (n + 2) is exactly 1: mish(x) = x with no select, +inf included.
+  x_low, _, n = derivatives.tanh_softplus_parts(x)
   return x_low * (n / (n + 2))
 
 
@@ -165,11 +116,11 @@ def _mish_bfloat16(x: Array) -> Array:
   """
   bits = lax.bitcast_convert_type(x, jnp.uint16)
   x32 = x.astype(jnp.float32)
-  x_c = jnp.maximum(jnp.minimum(x32, _HIGH[x32.dtype]), _BFLOAT16_LOW)
+  x_c = jnp.maximum(jnp.minimum(x32, derivatives.HIGH[x32.dtype]), _BFLOAT16_LOW)
   h = jnp.exp(x_c / 2)
   t = h * h
   abs_x_h = -x_c * h  # |x| e^(x/2) where x < 0, the only place it is used
-  y = jnp.where(x32 > _HIGH[x32.dtype], x32, -abs_x_h * h * (t + 2) / (t * (t + 2) + 2))
+  y = jnp.where(x32 > derivatives.HIGH[x32.dtype], x32, -abs_x_h * h * (t + 2) / (t * (t + 2) + 2))
   is_subnormal_x = (bits & 0x7F80) == 0
   # Near 0, |mish(x)| = 0.6 |x|, with |x| in units of 2^-133 read off the bits (exact for
   # |x| < 2^-125, the only place it is used; a subnormal x reads as 0 in arithmetic). Far below,
@@ -285,7 +236,7 @@ _mish_rematerialized = jax.checkpoint(_mish)
 def _mish_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
   (x,), (x_dot,) = primals, tangents
   compute_dtype = _compute_dtype(x.dtype)
-  y_dot = _mish_grad(x.astype(compute_dtype)) * x_dot.astype(compute_dtype)
+  y_dot = derivatives.mish_derivative(x.astype(compute_dtype)) * x_dot.astype(compute_dtype)
   return _mish(x), y_dot.astype(x.dtype)
 
 
@@ -315,54 +266,9 @@ def mish_grad(x: ArrayLike) -> Array:
     Array(0.6, dtype=float32, weak_type=True)
   """
   (x,), weak_type = promote_like(jax.nn.mish, "mish_grad", x)
-  return with_weak_type(_mish_grad(x.astype(_compute_dtype(x.dtype))).astype(x.dtype), weak_type)
-
-
-@jax.custom_jvp
-def _mish_grad(x: Array) -> Array:
-  x_low, t, n = _tanh_softplus_parts(x)
-  x_c = jnp.minimum(x_low, _HIGH[x.dtype])
-  d = n + 2
-  # One division, over d^2 (at most e^80 after the clip, finite in float32); a shared reciprocal
-  # would split XLA's loop fusion in two on CPU.
-  slope = (n * d + 4 * x_c * (t * (1 + t))) / (d * d)
-  return jnp.where(x > _HIGH[x.dtype], jnp.ones_like(x), slope)
-
-
-# Autodiff of the quotient above overflows float32 past x = 11. Instead, with s = tanh(softplus(x)),
-# S = sech^2(softplus(x)) and σ = sigmoid(x): mish' = s + x S σ,
-# mish'' = S σ (2 + x (1 - σ) - 2 x s σ), and s' = S σ, S' = -2 s S σ, σ' = σ (1 - σ) close the set,
-# all bounded, for every order.
-@_mish_grad.defjvp
-def _mish_grad_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
-  (x,), (x_dot,) = primals, tangents
-  return _mish_grad(x), mish_second_derivative(x) * x_dot
-
-
-def mish_second_derivative(x: Array) -> Array:
-  """mish''(x) for float32 or float64 `x`, differentiable to any order (see above)."""
-  x_c = jnp.maximum(jnp.minimum(x, _HIGH[x.dtype]), _LOW[x.dtype])
-  s, sech2, sigmoid = _tanh_softplus(x), _sech2_softplus(x), jax.nn.sigmoid(x)
-  return sech2 * sigmoid * (2 + x_c * (1 - sigmoid) - 2 * x_c * s * sigmoid)
-
-
-@jax.custom_jvp
-def _tanh_softplus(x: Array) -> Array:
-  _, _, n = _tanh_softplus_parts(x)
-  return n / (n + 2)
-
-
-@jax.custom_jvp
-def _sech2_softplus(x: Array) -> Array:
-  # sech^2(log(1 + t)) = (2 (1 + t) / (n + 2))^2, with no cancellation as s -> 1.
-  _, t, n = _tanh_softplus_parts(x)
-  return jnp.square(2 * (1 + t) / (n + 2))
-
-
-_tanh_softplus.defjvps(lambda x_dot, _, x: _sech2_softplus(x) * jax.nn.sigmoid(x) * x_dot)
-_sech2_softplus.defjvps(
-  lambda x_dot, sech2, x: -2 * _tanh_softplus(x) * sech2 * jax.nn.sigmoid(x) * x_dot
-)
+  return with_weak_type(
+    derivatives.mish_derivative(x.astype(_compute_dtype(x.dtype))).astype(x.dtype), weak_type
+  )
 
 
 @jax.jit

@@ -2,8 +2,8 @@
 
 The kernels compute values only: mish(x), mish'(x), and the fused mish(x @ w + b) with its
 pre-activation z. The rules around them are linear in the tangent (a kernel's mish' times it), so
-JAX transposes them for reverse mode; mish'' and every order above come from the XLA formulas in
-`activations`. Forward mode, reverse mode, `jax.hessian`, `vmap`, x64 mode and, compiled,
+JAX transposes them for reverse mode; mish'' and every order above come from the XLA path's
+formulas in `derivatives`. Forward mode, reverse mode, `jax.hessian`, `vmap`, x64 mode,
 `jax.checkpoint`, `jax_enable_checks` and `shard_map` (with or without `check_vma`) then work as on
 the XLA path, compiled or interpreted. In interpret mode a `shard_map` over several devices raises
 NotImplementedError naming the XLA implementation (Mosaic GPU's interpreter cannot run there);
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.custom_derivatives import SymbolicZero
 
-from mish_jax._src import activations
+from mish_jax._src import derivatives
 from mish_jax.kernels import linear_mish as linear_mish_kernels
 from mish_jax.kernels import mish as mish_kernels
 
@@ -74,7 +74,7 @@ def _mish_derivative_jvp(
   interpret: bool, primals: tuple[Array], tangents: tuple[Array]
 ) -> tuple[Array, Array]:
   (x,), (x_dot,) = primals, tangents
-  second = activations.mish_second_derivative(x.astype(jnp.float32))
+  second = derivatives.mish_second_derivative(x.astype(jnp.float32))
   return _mish_derivative(x, interpret), _times_tangent(second, x_dot, x.dtype)
 
 
