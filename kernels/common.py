@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
 
+from . import rounding
 from .jax_compat import InterpretGPUParams
 
 # `interpret=`: compiled (False), Mosaic GPU's interpret mode (True), or with these parameters.
@@ -27,7 +28,7 @@ SUPPORTED_DTYPES: tuple[jnp.dtype, ...] = tuple(
 
 # Past _HIGH, tanh(softplus(x)) rounds to 1 in float32 and mish(x) = x, mish'(x) = 1. Below _LOW,
 # e^x is 0; clipping there keeps x * e^x finite (0) at x = -inf.
-_HIGH = 20.0
+_HIGH = rounding.HIGH
 _LOW = -150.0
 
 
@@ -55,6 +56,25 @@ def mish_f32(x: Array) -> Array:
   """Mish of a float32 array, in plain jnp ops that lower on every Pallas backend."""
   x_c, _, n = _tanh_softplus_parts(x)
   return jnp.where(x > _HIGH, x, x_c * (n / (n + 2.0)))
+
+
+def mish_rounded(x: Array) -> Array:
+  """Mish in the dtype of `x`: float32 as `mish_f32`, bfloat16 and float16 correctly rounded."""
+  if x.dtype == jnp.bfloat16:
+    return rounding.mish_bfloat16(x)
+  if x.dtype == jnp.float16:
+    return rounding.mish_float16(x, mish_f32)
+  return mish_f32(x.astype(jnp.float32)).astype(x.dtype)
+
+
+def in_float32(fn: Callable[..., Array]) -> Callable[..., Array]:
+  """`fn` (float32 in, float32 out) on operands of a 16-bit dtype: computed in float32, rounded
+  once to the first operand's dtype."""
+
+  def rounded(*operands: Array) -> Array:
+    return fn(*(a.astype(jnp.float32) for a in operands)).astype(operands[0].dtype)
+
+  return rounded
 
 
 def mish_grad_f32(x: Array) -> Array:

@@ -38,8 +38,10 @@ memory speed, and the grid, `num_sms x CTAs per SM` persistent CTAs, has no tail
 The grid never exceeds the number of blocks.
 
 The math is `mish_f32` and `mish_grad_f32`, which mirror `mish_jax._src.activations` (one exp per
-element, no overflow, exact limits) with the backend's own exp; it is computed in float32 for
-float16, bfloat16 and float32 and stored in the input dtype.
+element, no overflow, exact limits) with the backend's own exp, in float32. The forward kernel
+rounds bfloat16 and float16 as the XLA path does (`rounding`: bfloat16's tiny results built as
+integers, float16's 4 hard cases selected), correctly for every input; the others round float32
+once to the input dtype.
 
 `interpret=True` (or an `InterpretGPUParams`) runs these very kernels, copies, barriers and all,
 under Mosaic GPU's interpret mode on the CPU; there is no separate simplified kernel. Only the
@@ -65,10 +67,11 @@ from .common import (
   check_dtype,
   check_interpretable,
   effect_free,
+  in_float32,
   index_rem,
   interpret_params,
-  mish_f32,
   mish_grad_f32,
+  mish_rounded,
   out_struct,
   vary,
   varying_axes,
@@ -271,8 +274,7 @@ def _streaming_kernel(
     slot = index_rem(step, num_stages)
     plgpu.barrier_wait(loaded.at[slot])
     # A partial or tail block computes the whole buffer; only its own length is stored.
-    operands = [in_smem[i, slot].astype(jnp.float32) for i in range(num_inputs)]
-    result = elementwise_fn(*operands).astype(out_smem.dtype)
+    result = elementwise_fn(*(in_smem[i, slot] for i in range(num_inputs)))
     out_slot = index_rem(step, 2)
     plgpu.wait_smem_to_gmem(1, wait_read_only=True)  # The store of step - 2 has read this buffer.
     out_smem[out_slot] = result
@@ -315,7 +317,7 @@ def _elementwise(
   interpret: Interpret,
   name: str,
 ) -> Array:
-  """Runs `elementwise_fn` (float32 in, float32 out) over arrays of one shape and dtype.
+  """Runs `elementwise_fn` (in and out in the arrays' dtype) over arrays of one shape and dtype.
 
   Under `jax.vmap` it still runs as one flat kernel: Mosaic GPU cannot lower a batched kernel,
   and an elementwise one does not need one, so the vmap rule broadcasts unbatched operands and
@@ -413,12 +415,17 @@ def _elementwise(
 
 
 def _forward(x: Array, config: TuningConfig, interpret: Interpret) -> Array:
-  return _elementwise(mish_f32, x, config=config, interpret=interpret, name="mish_forward")
+  return _elementwise(mish_rounded, x, config=config, interpret=interpret, name="mish_forward")
 
 
 def _backward(x: Array, g: Array, config: TuningConfig, interpret: Interpret) -> Array:
   return _elementwise(
-    _mish_times_g, x, g.astype(x.dtype), config=config, interpret=interpret, name="mish_backward"
+    in_float32(_mish_times_g),
+    x,
+    g.astype(x.dtype),
+    config=config,
+    interpret=interpret,
+    name="mish_backward",
   )
 
 
@@ -457,7 +464,9 @@ def mish_derivative(
 ) -> Array:
   """mish'(x) by the derivative kernel, in `x.dtype`: the slope for forward-mode rules."""
   config = TuningConfig(block_size, num_stages, num_ctas)
-  return _elementwise(mish_grad_f32, x, config=config, interpret=interpret, name="mish_derivative")
+  return _elementwise(
+    in_float32(mish_grad_f32), x, config=config, interpret=interpret, name="mish_derivative"
+  )
 
 
 def _mish_vjp_fwd(x: Array, config: TuningConfig, interpret: Interpret) -> tuple[Array, Array]:

@@ -125,6 +125,17 @@ class MishKernelTestBase:
   def _mish(self, x, **kwargs):
     return mish_kernels.mish(x, interpret=self.interpret, **kwargs)
 
+  @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=DTYPE_IDS)
+  def test_every_16_bit_input_correctly_rounded(self, dtype):
+    """The forward kernel over all 2^16 bit patterns: float64 rounded once, NaN for NaN."""
+    x = np.arange(2**16, dtype=np.uint16).view(jnp.dtype(dtype))
+    y = np.asarray(self.run_kernel(mish_kernels.mish_forward, jnp.asarray(x)))
+    expected = mish64(_as64(x)).astype(x.dtype)
+    nan = np.isnan(_as64(x))
+    np.testing.assert_array_equal(np.isnan(_as64(y)), nan)
+    wrong = (y.view(np.uint16) != expected.view(np.uint16)) & ~nan
+    assert not wrong.any(), (x[wrong][:8], y[wrong][:8], expected[wrong][:8])
+
   @pytest.mark.parametrize("size", [3 * 4096, 3 * 4096 + 1000 + 77], ids=["whole", "ragged"])
   def test_arrays_past_int32_run_as_several_launches(self, size, monkeypatch):
     """The split that arrays of 2^31 elements and more take, at a size the interpreter runs."""

@@ -31,11 +31,8 @@ from mish_jax._src.dispatch import Implementation, resolve_implementation
 
 # The one private JAX name used, through the compat module (which imports no Pallas): no public API
 # sets an array's weak type, which `jax.numpy` itself does this way.
+from mish_jax.kernels import rounding
 from mish_jax.kernels.jax_compat import convert_element_type as _convert_element_type
-
-# bfloat16 halves x before its exp: e^(x/2) is still normal at -150, where mish rounds to 0.
-_BFLOAT16_LOW = -150.0
-
 
 _ARRAYLIKE_TYPES = (jax.Array, np.ndarray, np.generic, bool, int, float, complex)
 
@@ -95,66 +92,6 @@ def _mish_xla(x: Array) -> Array:
   # Past `derivatives.HIGH`, n / (n + 2) is exactly 1: mish(x) = x with no select, +inf included.
   x_low, _, n = derivatives.tanh_softplus_parts(x)
   return x_low * (n / (n + 2))
-
-
-def _times_power_of_two(x: Array, exponent: int) -> Array:
-  """x * 2^exponent for positive normal float32 x and a finite result, by adding to the exponent.
-
-  Integer arithmetic, because XLA folds chained constant factors into one, which can overflow.
-  """
-  bits = lax.bitcast_convert_type(x, jnp.int32) + (exponent << 23)
-  return lax.bitcast_convert_type(bits, jnp.float32)
-
-
-def _mish_bfloat16(x: Array) -> Array:
-  """Mish for bfloat16, correctly rounded for every input, subnormals included.
-
-  bfloat16 shares float32's exponent range, and CPUs flush float32 subnormals to zero in and out of
-  arithmetic. One exp, of x / 2: h = e^(x/2) stays normal where e^x is subnormal (x < -87), so
-  x e^x = (x h) h keeps its value; results below 2^-126 are built as integers, in units of 2^-133,
-  the smallest bfloat16 subnormal.
-  """
-  bits = lax.bitcast_convert_type(x, jnp.uint16)
-  x32 = x.astype(jnp.float32)
-  x_c = jnp.maximum(jnp.minimum(x32, derivatives.HIGH[x32.dtype]), _BFLOAT16_LOW)
-  h = jnp.exp(x_c / 2)
-  t = h * h
-  abs_x_h = -x_c * h  # |x| e^(x/2) where x < 0, the only place it is used
-  y = jnp.where(x32 > derivatives.HIGH[x32.dtype], x32, -abs_x_h * h * (t + 2) / (t * (t + 2) + 2))
-  is_subnormal_x = (bits & 0x7F80) == 0
-  # Near 0, |mish(x)| = 0.6 |x|, with |x| in units of 2^-133 read off the bits (exact for
-  # |x| < 2^-125, the only place it is used; a subnormal x reads as 0 in arithmetic). Far below,
-  # |mish(x)| = |x| e^x = (|x| h 2^67)(h 2^66) in those units.
-  y_units = jnp.where(
-    x32 < -1,
-    _times_power_of_two(abs_x_h, 67) * _times_power_of_two(h, 66),
-    0.6 * (bits & 0x7FFF).astype(jnp.float32),
-  )
-  y_small = lax.bitcast_convert_type(
-    (bits & 0x8000) | jnp.rint(jnp.minimum(y_units, 128.0)).astype(jnp.uint16), jnp.bfloat16
-  )
-  return jnp.where(is_subnormal_x | (jnp.abs(y) < 2.0**-126), y_small, y.astype(jnp.bfloat16))
-
-
-@functools.cache
-def _float16_mish_table() -> np.ndarray:
-  """mish of every float16 bit pattern as float16 bits, from float64 rounded once.
-
-  In float32, 4 float16 inputs (e.g. 1.5712890625) have a mish within float32's error of the
-  midpoint between two float16 values, and round the wrong way; a read of this 128 KiB table
-  costs about what the float32 arithmetic does, and is correctly rounded by construction.
-  """
-  x = np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float64)
-  with np.errstate(over="ignore", invalid="ignore"):
-    y = np.where(x == -np.inf, -0.0, x * np.tanh(np.logaddexp(0.0, x)))
-  return y.astype(np.float16).view(np.uint16)
-
-
-def _mish_float16(x: Array) -> Array:
-  """Mish for float16, correctly rounded for every input, by table lookup."""
-  table = jnp.asarray(_float16_mish_table())
-  bits = lax.bitcast_convert_type(x, jnp.uint16)
-  return lax.bitcast_convert_type(table.at[bits].get(mode="promise_in_bounds"), jnp.float16)
 
 
 @functools.partial(jax.jit, static_argnames=("implementation", "interpret"))
@@ -218,9 +155,9 @@ def mish(x: ArrayLike, implementation: str | None = None) -> Array:
 @jax.custom_jvp
 def _mish(x: Array) -> Array:
   if x.dtype == jnp.bfloat16:
-    return _mish_bfloat16(x)
+    return rounding.mish_bfloat16(x)
   if x.dtype == jnp.float16:
-    return _mish_float16(x)
+    return rounding.mish_float16(x, _mish_xla)
   return _mish_xla(x.astype(_compute_dtype(x.dtype))).astype(x.dtype)
 
 
