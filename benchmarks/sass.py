@@ -250,9 +250,9 @@ def occupancy(registers: int, threads: int, smem: int) -> dict[str, int]:
 
 def mish_registers_budget() -> int:
   """The registers a thread that the elementwise kernels' grid sizing assumes."""
-  from mish_jax.kernels import mish
+  from mish_jax.kernels import block_plan
 
-  return mish.REGISTERS_PER_THREAD
+  return block_plan.REGISTERS_PER_THREAD
 
 
 def problems(record: Mapping[str, Any]) -> list[str]:

@@ -26,9 +26,9 @@ elements and 3 stages, a stage holds 16 KiB per float32 operand (8 KiB in 16 bit
 (stages x operands + 2) x 16 KiB of shared memory:
 
 =========  ===========  ===========  ======================  ============================
-kernel     operands     SMEM / CTA   CTAs / SM (227 KiB)     loads in flight / SM
+kernel     operands     SMEM / CTA   CTAs / SM               loads in flight / SM
 =========  ===========  ===========  ======================  ============================
-forward    x            80 KiB       2 (f32), 5 (16-bit)     64 KiB (f32), 80 KiB (16-bit)
+forward    x            80 KiB       2 (f32), 4 (16-bit)     64 KiB (f32), 64 KiB (16-bit)
 backward   x, g         128 KiB      1 (f32), 3 (16-bit)     64 KiB (f32), 96 KiB (16-bit)
 =========  ===========  ===========  ======================  ============================
 
@@ -62,6 +62,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.typing import ArrayLike
 
+from .block_plan import LANES, MAX_SMEM_BYTES_PER_CTA, BlockPlan, grid_ctas
 from .common import (
   Interpret,
   check_dtype,
@@ -77,26 +78,12 @@ from .common import (
   varying_axes,
 )
 
-# One element per thread of a warpgroup: the granule of every block, and 256 bytes or more, a
-# multiple of the 16 bytes a bulk TMA copy moves at a time.
-LANES = 128
 DEFAULT_BLOCK_SIZE = 4096
 DEFAULT_NUM_STAGES = 3
 # The interpreter pays about five host callbacks per block (a few ms) and has no shared-memory
 # limit: it runs the same kernels with big blocks unless told otherwise (a million elements in
 # 0.3-0.6 s instead of 5-8 s).
 INTERPRET_BLOCK_SIZE = 2**16
-# Hopper (H100/H200): 132 SMs, 228 KiB of shared memory per SM, at most 227 KiB per CTA, of which
-# we leave 1 KiB for the barriers; at most 16 warpgroups per SM.
-_H100_NUM_SMS = 132
-_SMEM_BYTES_PER_SM = 228 * 1024
-MAX_SMEM_BYTES_PER_CTA = 226 * 1024
-_MAX_CTAS_PER_SM = 16
-# Registers: 64K per SM. ptxas gives the kernel at most 119 a thread (benchmarks/sass.py, which
-# fails past this budget), so 4 CTAs of one warpgroup fit by registers.
-_REGISTERS_PER_SM = 65536
-REGISTERS_PER_THREAD = 128
-_CTAS_BY_REGISTERS = _REGISTERS_PER_SM // (REGISTERS_PER_THREAD * LANES)
 
 
 def _mish_times_g(x: Array, g: Array) -> Array:
@@ -139,66 +126,6 @@ class TuningConfig:
   def smem_bytes(self, num_inputs: int, dtype: jnp.dtype) -> int:
     """Shared memory per CTA: the input ring and two output buffers."""
     return (num_inputs * self.num_stages + 2) * self.block_size * jnp.dtype(dtype).itemsize
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockPlan:
-  """How `size` elements split into blocks: full, one partial, and a padded tail.
-
-  Block indices run over the full blocks, then the partial block (if any), then the tail (if any).
-  """
-
-  size: int
-  block_size: int
-
-  @property
-  def num_full_blocks(self) -> int:
-    return self.size // self.block_size
-
-  @property
-  def partial_size(self) -> int:
-    """Elements of the partial block: a multiple of `LANES`, less than `block_size`."""
-    return (self.size % self.block_size) // LANES * LANES
-
-  @property
-  def main_size(self) -> int:
-    """Elements copied straight from the operands: all but the tail."""
-    return self.size // LANES * LANES
-
-  @property
-  def tail_size(self) -> int:
-    """The last `size % LANES` elements, which go through a padded `LANES`-element operand."""
-    return self.size % LANES
-
-  @property
-  def num_blocks(self) -> int:
-    return self.num_full_blocks + bool(self.partial_size) + bool(self.tail_size)
-
-  def windows(self) -> list[tuple[int, int, int, int, bool]]:
-    """`(first_block, num_blocks, start, length, is_tail)` for each kind of block, in order.
-
-    Block `b` of a kind starts at element `start + (b - first_block) * length` of the flat
-    operands, or at element 0 of the padded tail operands if `is_tail`.
-    """
-    windows = []
-    if self.num_full_blocks:
-      windows.append((0, self.num_full_blocks, 0, self.block_size, False))
-    if self.partial_size:
-      start = self.num_full_blocks * self.block_size
-      windows.append((self.num_full_blocks, 1, start, self.partial_size, False))
-    if self.tail_size:
-      windows.append((self.num_blocks - 1, 1, 0, LANES, True))
-    return windows
-
-
-def _num_sms() -> int:
-  """The SMs of the device a kernel is traced for; an H100's when it is not a GPU."""
-  # A CPU mesh's abstract device (under shard_map, say) knows no cores: then ask the devices.
-  device = jax.sharding.get_abstract_mesh().abstract_device
-  if device is not None and device.platform == "gpu" and device.num_cores:
-    return device.num_cores
-  device = jax.devices()[0]
-  return device.core_count if device.platform == "gpu" else _H100_NUM_SMS
 
 
 # 1. The kernel.
@@ -302,14 +229,6 @@ _MAX_INDEX = 2**31 - 1
 LAUNCH_ELEMENTS = 2**30
 
 
-def _num_ctas(config: TuningConfig, plan: BlockPlan, smem_bytes: int) -> int:
-  if config.num_ctas is not None:
-    return min(config.num_ctas, plan.num_blocks)
-  by_smem = _SMEM_BYTES_PER_SM // (smem_bytes + 1024)
-  ctas_per_sm = max(1, min(_MAX_CTAS_PER_SM, _CTAS_BY_REGISTERS, by_smem))
-  return min(_num_sms() * ctas_per_sm, plan.num_blocks)
-
-
 def _elementwise(
   elementwise_fn: Callable[..., Array],
   *arrays: Array,
@@ -349,7 +268,7 @@ def _elementwise(
     out_type = [out_struct((size,), dtype, out_axes)]
     if plan.tail_size:
       out_type.append(out_struct((LANES,), dtype, out_axes))
-    num_ctas = _num_ctas(config, plan, smem_bytes)
+    num_ctas = grid_ctas(config.num_ctas, plan, smem_bytes)
     kernel = plgpu.kernel(
       functools.partial(
         _streaming_kernel,

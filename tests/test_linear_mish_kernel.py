@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from mish_jax.kernels import linear_mish as linear_mish_kernels
+from mish_jax.kernels import linear_mish_config
 from mish_jax.kernels.jax_compat import InterpretGPUParams, gpu_callbacks
 from mish_jax.kernels.jax_compat import interpret_pallas_call as gpu_interpret
 from mish_jax.kernels.linear_mish import TuningConfig
@@ -417,7 +418,7 @@ def test_whole_tiles_make_no_extra_pass(dtype, m, k, n):
 def test_default_configs_fit_shared_memory(dtype):
   config = linear_mish_kernels.default_config(dtype)
   config.validate(dtype)
-  assert config.smem_bytes(dtype) <= linear_mish_kernels.SMEM_BYTES
+  assert config.smem_bytes(dtype) <= linear_mish_config.SMEM_BYTES
   small = linear_mish_kernels.default_config(dtype, 1, 1)
   small.validate(dtype)
   assert small.tile_m == 64 and small.tile_n * jnp.dtype(dtype).itemsize == 128

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
+from mish_jax.kernels import block_plan
 from mish_jax.kernels import mish as mish_kernels
 from mish_jax.kernels.jax_compat import InterpretGPUParams, interpret_pallas_call
 
@@ -370,7 +371,7 @@ def test_blocks_partition_every_size(block_size, num_ctas):
   rng = np.random.default_rng(block_size + num_ctas)
   sizes = [1, 127, 128, 129, block_size - 1, block_size, block_size + 1, 1000003]
   for size in sizes + list(rng.integers(1, 50 * block_size, 20)):
-    plan = mish_kernels.BlockPlan(int(size), block_size)
+    plan = block_plan.BlockPlan(int(size), block_size)
     written = np.zeros(plan.size, np.int64)
     blocks_seen = []
     for first, count, start, length, is_tail in plan.windows():
