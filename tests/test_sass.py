@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from benchmarks import sass
+from benchmarks import ptxas_report, sass
 
 PTXAS_REPORT = """\
 ptxas info    : 0 bytes gmem
@@ -45,24 +45,24 @@ def _record(**changes):
     barriers=1, static_smem=0, grid=[132, 1, 1], block=[128, 1, 1], smem=80 * 1024,
   )  # fmt: skip
   record.update(changes)
-  record.update(sass.occupancy(record["registers"], 128, record["smem"]))
+  record.update(ptxas_report.occupancy(record["registers"], 128, record["smem"]))
   return record
 
 
 def test_parse_ptxas():
-  assert sass.parse_ptxas(PTXAS_REPORT) == dict(
+  assert ptxas_report.parse_ptxas(PTXAS_REPORT) == dict(
     kernel="mish_forward_mosaic_gpu_kernel", arch="sm_90a", registers=119, stack_frame=0,
     spill_stores=8, spill_loads=12, barriers=2, static_smem=1,
   )  # fmt: skip
   with pytest.raises(ValueError, match="not a ptxas"):
-    sass.parse_ptxas("ptxas info    : 0 bytes gmem\n")
+    ptxas_report.parse_ptxas("ptxas info    : 0 bytes gmem\n")
 
 
 def test_parse_launch_resolves_constants_of_the_first_launch():
-  launch = sass.parse_launch(LAUNCH_MLIR.splitlines())
+  launch = ptxas_report.parse_launch(LAUNCH_MLIR.splitlines())
   assert launch == dict(grid=[264, 7, 1], block=[128, 1, 1], smem=81944)
   with pytest.raises(ValueError, match="no gpu.launch"):
-    sass.parse_launch(["%c1 = arith.constant 1 : index"])
+    ptxas_report.parse_launch(["%c1 = arith.constant 1 : index"])
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_parse_launch_resolves_constants_of_the_first_launch():
   ],
 )
 def test_occupancy(registers, threads, smem, expected):
-  result = sass.occupancy(registers, threads, smem)
+  result = ptxas_report.occupancy(registers, threads, smem)
   assert {key: result[key] for key in expected} == expected
 
 
@@ -101,8 +101,8 @@ def test_occupancy(registers, threads, smem, expected):
   ],
 )
 def test_problems_name_each_limit(changes, message):
-  assert sass.problems(_record()) == []
-  found = sass.problems(_record(**changes))
+  assert ptxas_report.problems(_record()) == []
+  found = ptxas_report.problems(_record(**changes))
   assert any(message in problem for problem in found), found
 
 
