@@ -109,6 +109,11 @@ class TestMish:
   def test_compiled_checkpoint_lowers_for_the_gpu(self):
     rematerialized = jax.checkpoint(functools.partial(pallas.mish, interpret=False))
     assert_lowers_to_mosaic_gpu(jax.grad(_total(rematerialized)), X)
+    with jax.enable_checks(True):  # JAX's own test configuration, on the compiled kernels too.
+      assert_lowers_to_mosaic_gpu(jax.grad(_total(rematerialized)), X)
+      linear = jax.checkpoint(functools.partial(pallas.linear_mish, interpret=False))
+      x, kernel, bias = _operands()
+      assert_lowers_to_mosaic_gpu(jax.grad(_total(linear), (0, 1, 2)), x, kernel, bias)
 
   def test_compiled_derivatives_lower_for_the_gpu(self):
     compiled = functools.partial(pallas.mish, interpret=False)
