@@ -28,10 +28,10 @@ from jax.typing import ArrayLike
 
 from mish_jax._src import derivatives
 from mish_jax._src.dispatch import Implementation, resolve_implementation
+from mish_jax.kernels import rounding  # JAX only, no Pallas: the 16-bit rounding both paths share.
 
 # The one private JAX name used, through the compat module (which imports no Pallas): no public API
 # sets an array's weak type, which `jax.numpy` itself does this way.
-from mish_jax.kernels import rounding
 from mish_jax.kernels.jax_compat import convert_element_type as _convert_element_type
 
 _ARRAYLIKE_TYPES = (jax.Array, np.ndarray, np.generic, bool, int, float, complex)
