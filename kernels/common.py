@@ -58,15 +58,6 @@ def mish_f32(x: Array) -> Array:
   return jnp.where(x > _HIGH, x, x_c * (n / (n + 2.0)))
 
 
-def mish_rounded(x: Array) -> Array:
-  """Mish in the dtype of `x`: float32 as `mish_f32`, bfloat16 and float16 correctly rounded."""
-  if x.dtype == jnp.bfloat16:
-    return rounding.mish_bfloat16(x)
-  if x.dtype == jnp.float16:
-    return rounding.mish_float16(x, mish_f32)
-  return mish_f32(x.astype(jnp.float32)).astype(x.dtype)
-
-
 def in_float32(fn: Callable[..., Array]) -> Callable[..., Array]:
   """`fn` (float32 in, float32 out) on operands of a 16-bit dtype: computed in float32, rounded
   once to the first operand's dtype."""
@@ -75,6 +66,15 @@ def in_float32(fn: Callable[..., Array]) -> Callable[..., Array]:
     return fn(*(a.astype(jnp.float32) for a in operands)).astype(operands[0].dtype)
 
   return rounded
+
+
+def mish_rounded(x: Array) -> Array:
+  """Mish in the dtype of `x`: float32 as `mish_f32`, bfloat16 and float16 correctly rounded."""
+  if x.dtype == jnp.bfloat16:
+    return rounding.mish_bfloat16(x)
+  if x.dtype == jnp.float16:
+    return rounding.mish_float16(x, mish_f32)
+  return in_float32(mish_f32)(x)
 
 
 def mish_grad_f32(x: Array) -> Array:

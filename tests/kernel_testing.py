@@ -110,6 +110,12 @@ def assert_within_condition_bound(
     raise AssertionError(f"{what}: {excess.max():.3g} times the bound at index {index}")
 
 
+def every_finite(dtype) -> np.ndarray:
+  """Every finite value of a 16-bit float dtype."""
+  values = np.arange(2**16, dtype=np.uint16).view(dtype)
+  return values[np.isfinite(values.astype(np.float32))]
+
+
 def random_array(shape, dtype, seed: int = 0, scale: float = 4.0) -> jax.Array:
   """Normal samples that reach past both clips (-20 < x < 20 mostly, tails beyond)."""
   return (scale * jax.random.normal(jax.random.key(seed), shape, jnp.float32)).astype(dtype)

@@ -17,32 +17,9 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import mish_jax
+from tests.kernel_testing import every_finite, mish64, mish_grad64
 
 FLOAT_DTYPES = (jnp.float16, jnp.bfloat16, jnp.float32)
-
-
-def mish_reference(x: np.ndarray) -> np.ndarray:
-  """mish in float64 numpy, from the definition."""
-  x = np.asarray(x, np.float64)
-  with np.errstate(over="ignore"):
-    return x * np.tanh(np.logaddexp(0.0, x))
-
-
-def mish_grad_reference(x: np.ndarray) -> np.ndarray:
-  """mish' = tanh(sp(x)) + x sech^2(sp(x)) sigmoid(x), in float64 numpy."""
-  x = np.asarray(x, np.float64)
-  with np.errstate(over="ignore", invalid="ignore"):
-    tanh_sp = np.tanh(np.logaddexp(0.0, x))
-    cosh_sp = np.cosh(np.logaddexp(0.0, x))  # sech^2 as 1 / cosh^2: no cancellation as tanh -> 1
-    sigmoid = 1 / (1 + np.exp(-x))
-    slope = tanh_sp + x * sigmoid / cosh_sp**2
-    return np.where(np.isinf(x), (x > 0).astype(np.float64), slope)
-
-
-def every_finite(dtype) -> np.ndarray:
-  """Every finite value of a 16-bit float dtype."""
-  values = np.arange(2**16, dtype=np.uint16).view(dtype)
-  return values[np.isfinite(values.astype(np.float32))]
 
 
 def float32_sweep(stride: int = 97) -> np.ndarray:
@@ -64,7 +41,7 @@ def ulps_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class TestAccuracy:
   def test_float32_relative_error_over_the_whole_range(self):
     x = float32_sweep()
-    expected = mish_reference(x)
+    expected = mish64(x)
     actual = np.asarray(mish_jax.mish(x), np.float64)
     where = np.abs(expected) > 1e-30
     relative_error = np.abs(actual[where] - expected[where]) / np.abs(expected[where])
@@ -74,7 +51,7 @@ class TestAccuracy:
     # Below the sweep's 1e-30 bar: e^x is a normal float32 down to -87.3 (CPUs flush what is
     # below), and the exp's scale 2^k is built from exponent bits, exactly 0 from -88 on.
     x = np.linspace(-87.3, -70, 100_001, dtype=np.float32)
-    expected = mish_reference(x)
+    expected = mish64(x)
     relative_error = np.abs(np.asarray(mish_jax.mish(x), np.float64) - expected) / -expected
     assert relative_error.max() <= 6e-7, x[relative_error.argmax()]
     far_below = np.array([-88, -88.5, -150, -1e30, -np.finfo(np.float32).max], np.float32)
@@ -86,7 +63,7 @@ class TestAccuracy:
     # value, so wherever it lies more than 1e-12 from a 16-bit rounding midpoint, rounding it once
     # gives the correctly rounded result. Nudged by 1e-12 either way, no result may round
     # differently.
-    y = mish_reference(every_finite(dtype).astype(np.float64))
+    y = mish64(every_finite(dtype).astype(np.float64))
     with np.errstate(over="ignore"):
       rounded = [(y * (1 + s * 1e-12)).astype(dtype) for s in (-1, 0, 1)]
     np.testing.assert_array_equal(rounded[0], rounded[1])
@@ -97,7 +74,7 @@ class TestAccuracy:
     # Exhaustive: float64, rounded once, is the correctly rounded result for every 16-bit input
     # (no float64 mish lies within float64's error of a midpoint between 16-bit values).
     x = every_finite(dtype)
-    correctly_rounded = mish_reference(x.astype(np.float64)).astype(dtype)
+    correctly_rounded = mish64(x.astype(np.float64)).astype(dtype)
     actual = np.asarray(mish_jax.mish(x))
     assert actual.dtype == dtype
     distance = ulps_between(actual, correctly_rounded)
@@ -114,7 +91,7 @@ class TestAccuracy:
     # What the README claims for the kernels (here in interpret mode), checked exhaustively: every
     # input correctly rounded, as on the XLA path (bfloat16 subnormals and tiny results too).
     x = every_finite(dtype)
-    correctly_rounded = mish_reference(x.astype(np.float64)).astype(dtype)
+    correctly_rounded = mish64(x.astype(np.float64)).astype(dtype)
     actual = np.asarray(mish_jax.mish(x, implementation="pallas"))
     assert actual.dtype == dtype
     distance = ulps_between(actual, correctly_rounded)
@@ -123,7 +100,7 @@ class TestAccuracy:
   def test_float32_gradient_absolute_error(self):
     x = np.linspace(-40, 40, 1_000_001, dtype=np.float32)
     actual = np.asarray(jax.vmap(jax.grad(mish_jax.mish))(x), np.float64)
-    assert np.abs(actual - mish_grad_reference(x)).max() <= 5e-7
+    assert np.abs(actual - mish_grad64(x)).max() <= 5e-7
 
   def test_mish_grad_matches_autodiff_of_mish(self):
     x = np.random.default_rng(0).normal(0, 5, 1000).astype(np.float32)
@@ -136,12 +113,12 @@ class TestAccuracy:
       )
       actual = np.asarray(mish_jax.mish(x))
       assert actual.dtype == np.float64
-      expected = mish_reference(x)
+      expected = mish64(x)
       where = np.abs(expected) > 1e-300
       np.testing.assert_allclose(actual[where], expected[where], rtol=4e-16 * 8, atol=0)
       np.testing.assert_allclose(
         jax.vmap(jax.grad(mish_jax.mish))(x[np.abs(x) < 40]),
-        mish_grad_reference(x[np.abs(x) < 40]),
+        mish_grad64(x[np.abs(x) < 40]),
         rtol=0,
         atol=1e-15,
       )
@@ -210,7 +187,7 @@ class TestDerivatives:
     with jax.enable_x64(True):
       second = jax.vmap(jax.hessian(mish_jax.mish))(x)
     eps = 1e-5
-    expected = (mish_grad_reference(x + eps) - mish_grad_reference(x - eps)) / (2 * eps)
+    expected = (mish_grad64(x + eps) - mish_grad64(x - eps)) / (2 * eps)
     np.testing.assert_allclose(second, expected, atol=1e-7)
 
   def test_composes_with_jit_vmap_grad(self):
@@ -220,10 +197,10 @@ class TestDerivatives:
       return jnp.sum(mish_jax.mish(v) ** 2)
 
     grads = jax.jit(jax.vmap(jax.grad(loss)))(x)
-    expected = 2 * mish_reference(x) * mish_grad_reference(x)
+    expected = 2 * mish64(x) * mish_grad64(x)
     np.testing.assert_allclose(grads, expected, rtol=2e-6, atol=1e-7)
     np.testing.assert_allclose(
-      jax.jacfwd(mish_jax.mish)(x[0]), np.diag(mish_grad_reference(x[0])), rtol=2e-6, atol=1e-7
+      jax.jacfwd(mish_jax.mish)(x[0]), np.diag(mish_grad64(x[0])), rtol=2e-6, atol=1e-7
     )
 
 
@@ -241,8 +218,8 @@ class TestInputs:
     assert mish_jax.mish(1.0).dtype == jax.nn.mish(1.0).dtype
     ints = jnp.arange(-3, 4, dtype=jnp.int32)
     assert mish_jax.mish(ints).dtype == jax.nn.mish(ints).dtype
-    np.testing.assert_allclose(mish_jax.mish(ints), mish_reference(np.arange(-3, 4)), rtol=1e-6)
-    np.testing.assert_allclose(mish_jax.mish(2), mish_reference(2.0), rtol=1e-6)
+    np.testing.assert_allclose(mish_jax.mish(ints), mish64(np.arange(-3, 4)), rtol=1e-6)
+    np.testing.assert_allclose(mish_jax.mish(2), mish64(2.0), rtol=1e-6)
 
   def test_complex_input_raises_type_error(self):
     with pytest.raises(TypeError, match="real inputs"):
@@ -285,7 +262,7 @@ class TestProperties:
     y = np.asarray(mish_jax.mish(x))
     assert y.dtype == x.dtype and y.shape == x.shape
     y64 = y.astype(np.float64)
-    expected = mish_reference(x.astype(np.float64))
+    expected = mish64(x.astype(np.float64))
     np.testing.assert_allclose(y64, expected, rtol=_RTOL[x.dtype], atol=_ATOL[x.dtype])
     assert (y64 >= -0.3088406).all() and (y64 <= np.maximum(x.astype(np.float64), 0)).all()
     grad = np.asarray(jax.grad(lambda v: jnp.sum(mish_jax.mish(v)).astype(jnp.float32))(x))
@@ -296,7 +273,7 @@ class TestProperties:
   def test_gradient_is_bounded_and_matches_reference(self, value):
     grad = float(jax.grad(mish_jax.mish)(np.float32(value)))
     assert -0.11 < grad < 1.11
-    assert abs(grad - mish_grad_reference(np.float32(value))) <= 5e-7
+    assert abs(grad - mish_grad64(np.float32(value))) <= 5e-7
 
 
 class TestActivationFamily:
@@ -310,8 +287,8 @@ class TestActivationFamily:
     expected = {
       "relu": np.maximum(x64, 0),
       "swish": x64 / (1 + np.exp(-x64)),
-      "mish": mish_reference(x64),
-      "jax_mish": mish_reference(x64),
+      "mish": mish64(x64),
+      "jax_mish": mish64(x64),
       "gelu": np.asarray(jax.nn.gelu(x, approximate=False), np.float64),
     }[name]
     np.testing.assert_allclose(mish_jax.get_activation(name)(x), expected, rtol=2e-6, atol=1e-6)

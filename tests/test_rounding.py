@@ -13,12 +13,7 @@ import numpy as np
 from mish_jax.kernels import common, rounding
 
 from mish_jax._src import activations
-from tests.kernel_testing import mish64
-
-
-def _every_finite(dtype) -> np.ndarray:
-  values = np.arange(2**16, dtype=np.uint16).view(dtype)
-  return values[np.isfinite(values.astype(np.float32))]
+from tests.kernel_testing import every_finite, mish64
 
 
 def _wrongly_rounded(actual: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -27,7 +22,7 @@ def _wrongly_rounded(actual: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def test_bfloat16_every_input():
-  x = _every_finite(ml_dtypes.bfloat16)
+  x = every_finite(ml_dtypes.bfloat16)
   actual = np.asarray(jax.jit(rounding.mish_bfloat16)(x))
   assert _wrongly_rounded(actual, x).size == 0
   # Without the integer construction, float32 arithmetic flushes hundreds of tiny ones.
@@ -36,7 +31,7 @@ def test_bfloat16_every_input():
 
 
 def test_float16_every_input_and_exactly_the_hard_cases():
-  x = _every_finite(np.float16)
+  x = every_finite(np.float16)
   hard = sorted(value for value, _ in rounding._FLOAT16_HARD_CASES)
   for mish_float32 in (common.mish_f32, activations._mish_xla):
     actual = np.asarray(jax.jit(lambda v, f=mish_float32: rounding.mish_float16(v, f))(x))
